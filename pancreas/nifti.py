@@ -190,7 +190,8 @@ def canonicalize(image: sitk.Image, *, name: str = "image") -> Volume:
     array = sitk.GetArrayViewFromImage(image)
     if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
         raise InvalidImageError(f"{name}: contains NaN or infinite voxel values", code="non_finite")
-    canonical = np.ascontiguousarray(orientation.to_canonical(array), dtype=np.float32)
+    # copy: the view aliases the image's buffer, which is freed with ``image``
+    canonical = np.array(orientation.to_canonical(array), dtype=np.float32, order="C", copy=True)
     spacing_zyx = tuple(float(s) for s in header.spacing[::-1])
     spacing = tuple(spacing_zyx[i] for i in orientation.transpose)
     return Volume(array=canonical, spacing=spacing, header=header, orientation=orientation)
