@@ -1,0 +1,135 @@
+"""onnxruntime backend: an ONNX artifact of the multi-task network (fp32, fp16 or int8).
+
+Execution providers: on CUDA devices ``CUDAExecutionProvider`` (and ``TensorrtExecutionProvider`` only when
+asked for through ``EngineConfig.providers``), always with ``CPUExecutionProvider`` last; providers that
+this onnxruntime build lacks are skipped with a log line, never silently swapped for something else.
+
+The graph must have one input ``[B,1,*patch]`` and two outputs: segmentation logits (rank 5) and class
+logits (rank 2); outputs are told apart by rank. A dynamic batch axis runs any batch; a fixed one makes
+the backend split and zero-pad batches to that size (``max_batch``). fp16 graphs get fp16 inputs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from pancreas.backends import BackendUnavailableError, patch_size_of, resolve_device
+from pancreas.bundle import Artifact, Bundle
+from pancreas.errors import BundleError
+
+if TYPE_CHECKING:
+    from pancreas.engine import EngineConfig
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+DYNAMIC_MAX_BATCH = 64
+
+
+def choose_providers(device: str, requested: Sequence[str] | None = None) -> list[str]:
+    """Providers to ask for, in order, among those this onnxruntime has."""
+    import onnxruntime as ort
+
+    available = set(ort.get_available_providers())
+    if requested:
+        wanted = list(requested)
+    elif device.startswith("cuda"):
+        wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    else:
+        wanted = ["CPUExecutionProvider"]
+    if "CPUExecutionProvider" not in wanted:
+        wanted.append("CPUExecutionProvider")
+    missing = [p for p in wanted if p not in available]
+    if missing:
+        logger.warning("onnxruntime lacks %s (available: %s); skipping them", missing, sorted(available))
+    chosen = [p for p in wanted if p in available]
+    if device.startswith("cuda") and chosen == ["CPUExecutionProvider"]:
+        raise BackendUnavailableError(f"device {device!r} needs a GPU execution provider but onnxruntime has only "
+                                      f"{sorted(available)}; install onnxruntime-gpu or use device='cpu'")
+    return chosen
+
+
+class OnnxRuntimeBackend:
+    """One onnxruntime ``InferenceSession``."""
+
+    name = "onnxruntime"
+
+    def __init__(self, path: str | Path, *, device: str = "cpu", precision: str = "fp32",
+                 providers: Sequence[str] | None = None, num_threads: int | None = None,
+                 patch_size: Sequence[int] | None = None) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if num_threads:
+            opts.intra_op_num_threads = int(num_threads)
+            opts.inter_op_num_threads = 1
+        self.providers = choose_providers(device, providers)
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=self.providers)
+        except Exception as exc:  # onnxruntime raises its own untyped exceptions for bad graphs
+            raise BundleError(f"ONNX artifact {path} cannot be loaded by onnxruntime ({exc})",
+                              code="bundle_corrupt") from exc
+        self.device = device
+        self.precision = precision
+        self._parse_io(path, patch_size)
+
+    def _parse_io(self, path: str | Path, patch_size: Sequence[int] | None) -> None:
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        ranks = {len(o.shape): o.name for o in outputs}
+        if len(inputs) != 1 or len(inputs[0].shape) != 5 or 5 not in ranks or 2 not in ranks:
+            raise BundleError(f"ONNX artifact {path} must have one [B,1,D,H,W] input and outputs of rank 5 "
+                              f"(segmentation) and 2 (classes); it has inputs "
+                              f"{[i.shape for i in inputs]}, outputs {[o.shape for o in outputs]}")
+        inp = inputs[0]
+        self.input_name = inp.name
+        self.input_dtype = _DTYPES.get(inp.type, np.float32)
+        self.output_names = [ranks[5], ranks[2]]
+        batch = inp.shape[0]
+        self.fixed_batch = int(batch) if isinstance(batch, int) and batch > 0 else None
+        self.max_batch = self.fixed_batch or DYNAMIC_MAX_BATCH
+        spatial = inp.shape[2:]
+        if all(isinstance(s, int) and s > 0 for s in spatial):
+            self.patch_size = tuple(int(s) for s in spatial)
+        elif patch_size is not None:
+            self.patch_size = tuple(int(s) for s in patch_size)
+        else:
+            raise BundleError(f"ONNX artifact {path} has dynamic spatial axes and no recorded patch_size; "
+                              "set Artifact.patch_size in the bundle metadata")
+
+    def _run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        seg, cls = self.session.run(self.output_names, {self.input_name: x.astype(self.input_dtype, copy=False)})
+        return np.asarray(seg, dtype=np.float32), np.asarray(cls, dtype=np.float32)
+
+    def __call__(self, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        patches = np.ascontiguousarray(patches, dtype=np.float32)
+        if self.fixed_batch is None:
+            return self._run(patches)
+        segs, clss = [], []
+        for i in range(0, patches.shape[0], self.fixed_batch):
+            chunk = patches[i:i + self.fixed_batch]
+            n = chunk.shape[0]
+            if n < self.fixed_batch:
+                pad = np.zeros((self.fixed_batch - n, *chunk.shape[1:]), dtype=chunk.dtype)
+                chunk = np.concatenate([chunk, pad])
+            seg, cls = self._run(chunk)
+            segs.append(seg[:n])
+            clss.append(cls[:n])
+        return np.concatenate(segs), np.concatenate(clss)
+
+
+def create(bundle: Bundle, config: EngineConfig, artifact: Artifact) -> OnnxRuntimeBackend:
+    """Factory registered as ``onnxruntime`` in :data:`pancreas.backends.BACKENDS`."""
+    if artifact.kind != "onnx":
+        raise BundleError(f"onnxruntime backend cannot load a {artifact.kind} artifact ({artifact.path})")
+    device = resolve_device(config.device)
+    backend = OnnxRuntimeBackend(bundle.path(artifact), device=device, precision=artifact.precision,
+                                 providers=getattr(config, "providers", None), num_threads=config.num_threads,
+                                 patch_size=patch_size_of(bundle, artifact))
+    logger.info("onnxruntime backend: %s (%s) with %s", artifact.path, artifact.precision, backend.providers)
+    return backend

@@ -1,0 +1,105 @@
+"""PyTorch backend: the bundle's state dict in a :class:`~pancreas.network.MultiTaskUNet`.
+
+CPU or CUDA; fp32, or fp16/bf16 autocast (fp16 only on CUDA); optional ``torch.compile``. The backend
+accepts numpy arrays (contract) and torch tensors (``accepts_tensors``; no host round trip on the GPU)
+and answers in the same type, on the input's device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from pancreas.backends import BackendUnavailableError, patch_size_of, resolve_device
+from pancreas.bundle import Artifact, Bundle
+from pancreas.errors import BundleError
+
+if TYPE_CHECKING:
+    from pancreas.engine import EngineConfig
+
+logger = logging.getLogger(__name__)
+
+#: precision -> autocast dtype (None: plain fp32)
+AUTOCAST: dict[str, torch.dtype | None] = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class TorchBackend:
+    """Wraps an eval-mode network whose forward returns ``(seg logits, class logits)``."""
+
+    name = "torch"
+    accepts_tensors = True
+
+    def __init__(self, network: torch.nn.Module, *, patch_size: tuple[int, int, int], device: str = "cpu",
+                 precision: str = "fp32", max_batch: int = 64, compile: bool = False) -> None:
+        if precision not in AUTOCAST:
+            raise BackendUnavailableError(f"torch backend precision {precision!r} is not supported; use "
+                                          f"{sorted(AUTOCAST)} (int8 runs through onnxruntime or tensorrt)")
+        if precision == "fp16" and not device.startswith("cuda"):
+            raise BackendUnavailableError("fp16 autocast needs CUDA; use precision='fp32' (or 'bf16') on CPU")
+        self.device = device
+        self.precision = precision
+        self.patch_size = tuple(int(p) for p in patch_size)
+        self.max_batch = int(max_batch)
+        net = network.to(device).eval()
+        for p in net.parameters():
+            p.requires_grad_(False)
+        self.network = torch.compile(net, dynamic=False) if compile else net
+        self.compiled = bool(compile)
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        dtype = AUTOCAST[self.precision]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type="cuda" if self.device.startswith("cuda") else "cpu", dtype=dtype)
+
+    @torch.inference_mode()
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with self._autocast():
+            seg, cls = self.network(x.to(self.device, non_blocking=True))
+        if isinstance(seg, (list, tuple)):  # deep supervision left on: highest resolution first
+            seg = seg[0]
+        return seg.float(), cls.float()
+
+    def __call__(self, patches: Any) -> tuple[Any, Any]:
+        if isinstance(patches, torch.Tensor):
+            seg, cls = self.forward(patches)
+            return seg.to(patches.device), cls.to(patches.device)
+        seg, cls = self.forward(torch.from_numpy(np.ascontiguousarray(patches, dtype=np.float32)))
+        return seg.cpu().numpy(), cls.cpu().numpy()
+
+
+def load_state_dict(bundle: Bundle, artifact: Artifact) -> dict[str, torch.Tensor]:
+    path = bundle.path(artifact)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, ValueError) as exc:
+        raise BundleError(f"bundle artifact {path} is not a loadable torch state dict ({exc})",
+                          code="bundle_corrupt") from exc
+    if not isinstance(state, dict):
+        raise BundleError(f"bundle artifact {path} holds {type(state).__name__}, not a state dict",
+                          code="bundle_corrupt")
+    return state
+
+
+def create(bundle: Bundle, config: EngineConfig, artifact: Artifact) -> TorchBackend:
+    """Factory registered as ``torch`` in :data:`pancreas.backends.BACKENDS`."""
+    from pancreas.network import load_network
+
+    if artifact.kind != "torch":
+        raise BundleError(f"torch backend cannot load a {artifact.kind} artifact ({artifact.path})")
+    if config.num_threads:
+        torch.set_num_threads(int(config.num_threads))
+    try:
+        net = load_network(bundle.plans, bundle.metadata.network, load_state_dict(bundle, artifact))
+    except RuntimeError as exc:  # strict load: missing/unexpected keys, shape mismatch
+        raise BundleError(f"bundle artifact {bundle.path(artifact)} does not match the network in "
+                          f"configs/metadata.json ({str(exc).splitlines()[0]})", code="bundle_corrupt") from exc
+    device = resolve_device(config.device)
+    logger.info("torch backend: %s on %s, %s%s", artifact.path, device, config.precision,
+                " (compiled)" if config.compile else "")
+    return TorchBackend(net, patch_size=patch_size_of(bundle, artifact), device=device, precision=config.precision,
+                        compile=config.compile)

@@ -1,0 +1,284 @@
+"""The inference engine: canonical CT in; mask, subtype probabilities and per-stage timings out.
+
+Pipeline (each stage timed into ``Prediction.timings_ms``)::
+
+    [coarse]       optional: a pass at ``coarse_factor`` x the target spacing finds the pancreas ROI
+    preprocess     nnU-Net preprocessing (transpose, crop, normalize, resample; torch, on the GPU if any)
+    inference      sliding window over the backend (Gaussian blending, batches, optional mirroring TTA)
+    resample_back  logits back to the cropped original grid (torch)
+    export         argmax (or softmax), paste into the canonical array, undo the transpose
+    postprocess    largest pancreas component, lesions next to the pancreas
+
+The engine is backend-agnostic: it holds one :class:`~pancreas.backends.Backend` (fold ensembles are an
+:class:`~pancreas.backends.ensemble.EnsembleBackend`). Orientation is never touched here: volumes come
+from :func:`pancreas.nifti.read_volume` and masks go back through ``Volume.to_image``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pancreas import LABELS
+from pancreas.backends import Backend, create_backend
+from pancreas.bundle import Bundle
+from pancreas.errors import PancreasError
+from pancreas.nifti import Volume, read_volume, write_image
+from pancreas.postprocess import PostprocessConfig, largest_component, postprocess
+from pancreas.preprocess import (
+    Box,
+    Preprocessed,
+    PreprocessPlan,
+    argmax_labels,
+    logits_to_crop,
+    paste_canonical,
+    preprocess,
+)
+from pancreas.sliding_window import WindowConfig, sliding_window
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Inference options.
+
+    ``backend="auto"``: TensorRT if the bundle has an engine artifact and there is a GPU, else torch on
+    CUDA, else onnxruntime if the bundle has an ONNX artifact at ``precision``, else torch on CPU.
+    ``precision`` picks the artifact (ONNX/TensorRT) or the autocast dtype (torch).
+    ``coarse_factor`` and ``roi_margin`` (a fraction of the patch, per axis) tune coarse-to-fine;
+    ``providers`` overrides the onnxruntime execution providers. ``postprocess=True`` applies the bundle's
+    recorded post-processing (``metadata.inference["postprocessing"]`` options; ``"postprocess": false``
+    there turns it off); ``False`` always skips it.
+    """
+
+    backend: str = "auto"
+    device: str = "auto"
+    precision: str = "fp32"
+    batch_size: int = 2
+    step_size: float = 0.5
+    tta: bool = False
+    coarse_to_fine: bool = False
+    postprocess: bool = True
+    compile: bool = False
+    num_threads: int | None = None
+    coarse_factor: float = 2.0
+    roi_margin: float = 0.25
+    providers: tuple[str, ...] | None = None
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        checks = {"batch_size": self.batch_size >= 1, "step_size": 0 < self.step_size <= 1,
+                  "coarse_factor": self.coarse_factor > 1, "roi_margin": self.roi_margin >= 0,
+                  "num_threads": self.num_threads is None or self.num_threads >= 1}
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise PancreasError(f"invalid engine option(s) {', '.join(f'{b}={getattr(self, b)!r}' for b in bad)}: "
+                                "batch_size >= 1, 0 < step_size <= 1, coarse_factor > 1, roi_margin >= 0, "
+                                "num_threads >= 1")
+
+
+@dataclass
+class Prediction:
+    mask: np.ndarray  # uint8 (z, y, x), canonical space, same shape as Volume.array
+    probabilities: list[float]  # subtype probabilities (sum 1)
+    subtype: int
+    volumes_ml: dict[str, float]  # {"pancreas": labels 1 ∪ 2, "lesion": label 2}
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class SoftPrediction:
+    """Class probabilities on the canonical grid, for ensembling over configurations."""
+
+    probabilities: np.ndarray  # float32 [C, z, y, x], canonical
+    class_probabilities: np.ndarray  # [K]
+    timings_ms: dict[str, float]
+
+
+class Timer:
+    """Collects wall-clock milliseconds per stage (synchronizing CUDA so GPU work lands in its stage)."""
+
+    def __init__(self, cuda: bool = False) -> None:
+        self.ms: dict[str, float] = {}
+        self.cuda = cuda
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.cuda:
+                torch.cuda.synchronize()
+            self.ms[stage] = self.ms.get(stage, 0.0) + (time.perf_counter() - start) * 1000.0
+
+
+def volumes_ml(mask: np.ndarray, spacing: tuple[float, ...]) -> dict[str, float]:
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    lesion = int(np.count_nonzero(mask == LABELS["lesion"]))
+    return {"pancreas": int(np.count_nonzero(mask)) * voxel_ml, "lesion": lesion * voxel_ml}
+
+
+def make_prediction(mask: np.ndarray, volume: Volume, class_probabilities: np.ndarray,
+                    post: PostprocessConfig | None, timer: Timer) -> Prediction:
+    """Post-process a canonical label map and assemble the :class:`Prediction`."""
+    with timer("postprocess"):
+        if post is not None:
+            mask = postprocess(mask, volume.spacing, post)
+    probs = [float(p) for p in class_probabilities]
+    timings = dict(timer.ms)
+    timings["total"] = sum(timings.values())
+    return Prediction(mask=mask.astype(np.uint8, copy=False), probabilities=probs, subtype=int(np.argmax(probs)),
+                      volumes_ml=volumes_ml(mask, volume.spacing), timings_ms=timings)
+
+
+class Engine:
+    """Runs one model bundle (all folds of one configuration) on canonical volumes."""
+
+    def __init__(self, bundle: Bundle, config: EngineConfig, backend: Backend) -> None:
+        self.bundle = bundle
+        self.config = config
+        self.backend = backend
+        if config.num_threads:
+            torch.set_num_threads(int(config.num_threads))
+        self.plan = PreprocessPlan.from_plans(bundle.plans, bundle.metadata.network.configuration)
+        self.device = torch.device(backend.device if backend.device.startswith("cuda") else "cpu")
+        self.window = WindowConfig(patch_size=tuple(backend.patch_size), step_size=config.step_size,
+                                   batch_size=config.batch_size, tta=config.tta, progress=config.progress)
+        inference = bundle.metadata.inference
+        enabled = config.postprocess and inference.get("postprocess", True) is not False
+        self.post = PostprocessConfig.from_metadata(inference) if enabled else None
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle | str | Path, config: EngineConfig = EngineConfig()) -> Engine:
+        """Load a bundle (if given a path) and create its backend from the registry."""
+        if not isinstance(bundle, Bundle):
+            bundle = Bundle.load(bundle)
+        return cls(bundle, config, create_backend(bundle, config))
+
+    @property
+    def info(self) -> dict[str, Any]:
+        meta = self.bundle.metadata
+        return {"name": meta.name, "version": meta.version, "backend": self.backend.name,
+                "precision": self.backend.precision, "device": self.backend.device,
+                "patch_size": list(self.backend.patch_size), "step_size": self.config.step_size,
+                "tta": self.config.tta, "folds": len(getattr(self.backend, "members", [self.backend])),
+                "configuration": meta.network.configuration, "coarse_to_fine": self.config.coarse_to_fine,
+                "postprocess": self.post is not None}
+
+    def warmup(self) -> None:
+        """Run the backend once at the batch sizes the sliding window uses (compiles, allocates)."""
+        batch = max(1, min(self.config.batch_size, int(self.backend.max_batch)))
+        for b in sorted({batch, 1}):
+            x = np.zeros((b, 1, *self.backend.patch_size), dtype=np.float32)
+            self.backend(torch.from_numpy(x).to(self.device) if getattr(self.backend, "accepts_tensors", False)
+                         else x)
+
+    # ---- stages --------------------------------------------------------------------------------------
+    def coarse_roi(self, volume: Volume) -> Box | None:
+        """Find the foreground at ``coarse_factor`` x spacing; return the ROI (transposed axes) or None."""
+        plan = self.plan.with_spacing_factor(self.config.coarse_factor)
+        pre = preprocess(volume.array, volume.spacing, plan, device=self.device)
+        res = sliding_window(pre.data, self.backend, WindowConfig(
+            patch_size=self.window.patch_size, step_size=self.config.step_size, batch_size=self.config.batch_size))
+        fg = (argmax_labels(res.logits) > 0).cpu().numpy()
+        if not fg.any():
+            logger.info("coarse pass found no foreground; running the full-resolution pass everywhere")
+            return None
+        if self.post is not None and self.post.largest_component:
+            fg = largest_component(fg)  # stray false positives elsewhere in a full CT must not widen the ROI
+        return self._roi_box(fg, pre)
+
+    def _roi_box(self, fg: np.ndarray, pre: Preprocessed) -> Box:
+        """Coarse foreground -> box on the transposed original grid, dilated and at least one patch."""
+        box = []
+        for axis in range(3):
+            hits = np.flatnonzero(np.any(fg, axis=tuple(a for a in range(3) if a != axis)))
+            n_crop = pre.shape_after_crop[axis]
+            scale = n_crop / fg.shape[axis]
+            lo, hi = math.floor(hits[0] * scale), math.ceil((hits[-1] + 1) * scale)
+            ratio = self.plan.target_spacing[axis] / pre.spacing[axis]  # original voxels per target voxel
+            patch = self.window.patch_size[axis]
+            margin = math.ceil(self.config.roi_margin * patch * ratio)
+            lo, hi = lo - margin, hi + margin
+            short = math.ceil(patch * ratio) - (hi - lo)
+            if short > 0:
+                lo, hi = lo - short // 2, hi + short - short // 2
+            offset, full = pre.bbox[axis][0], pre.shape_before_crop[axis]
+            box.append((max(lo + offset, 0), min(hi + offset, full)))
+        return tuple(box)
+
+    def _segment(self, volume: Volume, timer: Timer) -> tuple[torch.Tensor, Preprocessed, np.ndarray]:
+        """Logits on the cropped original grid (transposed axes), the preprocessing record, class probs."""
+        roi = None
+        if self.config.coarse_to_fine:
+            with timer("coarse"):
+                roi = self.coarse_roi(volume)
+        with timer("preprocess"):
+            pre = preprocess(volume.array, volume.spacing, self.plan, device=self.device, roi=roi)
+        with timer("inference"):
+            res = sliding_window(pre.data, self.backend, self.window)
+        with timer("resample_back"):
+            logits = logits_to_crop(res.logits, pre, self.plan)
+        return logits, pre, res.class_probabilities
+
+    # ---- public --------------------------------------------------------------------------------------
+    def predict(self, volume: Volume) -> Prediction:
+        """Segment and classify one canonical volume."""
+        timer = Timer(cuda=self.device.type == "cuda")
+        logits, pre, cls = self._segment(volume, timer)
+        with timer("export"):
+            labels = argmax_labels(logits).cpu().numpy()
+            mask = paste_canonical(labels, pre, self.plan)
+        return make_prediction(mask, volume, cls, self.post, timer)
+
+    def predict_soft(self, volume: Volume) -> SoftPrediction:
+        """Softmax probabilities on the canonical grid (background 1 outside the crop/ROI)."""
+        timer = Timer(cuda=self.device.type == "cuda")
+        logits, pre, cls = self._segment(volume, timer)
+        with timer("export"):
+            probs = torch.softmax(logits, dim=0).cpu().numpy()
+            full = paste_canonical(probs, pre, self.plan, fill=0.0)
+            outside = np.ones(pre.shape_before_crop, dtype=bool)
+            outside[tuple(slice(a, b) for a, b in pre.bbox)] = False
+            full[0][np.transpose(outside, self.plan.transpose_backward)] = 1.0
+        return SoftPrediction(probabilities=full, class_probabilities=cls, timings_ms=timer.ms)
+
+    def predict_file(self, image_path: str | Path, mask_path: str | Path) -> Prediction:
+        """Read a CT, predict, write the mask on exactly the input's grid; timings include read/write."""
+        start = time.perf_counter()
+        volume = read_volume(image_path)
+        read_ms = (time.perf_counter() - start) * 1000.0
+        pred = self.predict(volume)
+        start = time.perf_counter()
+        write_image(volume.to_image(pred.mask), mask_path)
+        stages = {k: v for k, v in pred.timings_ms.items() if k != "total"}
+        pred.timings_ms = {"read": read_ms, **stages, "write": (time.perf_counter() - start) * 1000.0}
+        pred.timings_ms["total"] = sum(pred.timings_ms.values())
+        return pred
+
+
+def predict_ensemble(engines: list[Engine], volume: Volume) -> Prediction:
+    """Average the canonical-space probabilities of several engines (configurations); argmax; postprocess."""
+    if len(engines) == 1:
+        return engines[0].predict(volume)
+    total, cls, timer = None, None, Timer()
+    for engine in engines:
+        soft = engine.predict_soft(volume)
+        total = soft.probabilities if total is None else np.add(total, soft.probabilities, out=total)
+        cls = soft.class_probabilities if cls is None else cls + soft.class_probabilities
+        for k, v in soft.timings_ms.items():
+            timer.ms[k] = timer.ms.get(k, 0.0) + v
+    with timer("export"):
+        mask = argmax_labels(torch.from_numpy(total)).numpy()
+    return make_prediction(mask, volume, cls / len(engines), engines[0].post, timer)

@@ -1,0 +1,98 @@
+"""Folder-level prediction (``pancreas predict``): find the CTs, run one or more bundles, write results.
+
+Inputs: a single ``.nii``/``.nii.gz`` file, a quiz split folder (``subtype*/quiz_*_0000.nii.gz`` next to
+their masks) or a flat folder of ``*_0000.nii.gz`` / ``*.nii.gz`` images. When any file ends in
+``_0000``, only those are images (the rest are taken to be masks). Outputs in ``OUT``:
+
+* ``<case>.nii.gz`` per case (case id = file name without ``_0000`` and extension), on the input's grid;
+* ``subtype_results.csv`` (``Names,Subtype``, Names = ``<case>.nii.gz``), as in the quiz;
+* ``predictions.json``: the model(s), and per case the probabilities, volumes and per-stage timings.
+
+Several bundles are an ensemble over configurations: probabilities are averaged on the canonical grid.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import re
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from pancreas.engine import Engine, EngineConfig, predict_ensemble
+from pancreas.errors import DatasetError
+from pancreas.nifti import read_volume, write_image
+
+logger = logging.getLogger(__name__)
+
+_SUFFIX = re.compile(r"\.nii(\.gz)?$")
+_CHANNEL = re.compile(r"_0000$")
+
+
+def case_id(path: Path) -> str:
+    """``quiz_0_041_0000.nii.gz`` -> ``quiz_0_041``."""
+    return _CHANNEL.sub("", _SUFFIX.sub("", path.name))
+
+
+def find_cases(images: str | Path) -> list[tuple[str, Path]]:
+    """(case id, image path) pairs, sorted by case id. See the module docstring for the layouts."""
+    images = Path(images)
+    if images.is_file():
+        if not _SUFFIX.search(images.name):
+            raise DatasetError(f"{images} is not a .nii/.nii.gz file")
+        return [(case_id(images), images)]
+    if not images.is_dir():
+        raise DatasetError(f"input {images} does not exist; pass a NIfTI file or a folder of them")
+    files = sorted(p for p in images.rglob("*") if p.is_file() and _SUFFIX.search(p.name))
+    channel0 = [p for p in files if _CHANNEL.search(_SUFFIX.sub("", p.name))]
+    chosen = channel0 or files
+    if not chosen:
+        raise DatasetError(f"no .nii/.nii.gz images found under {images}")
+    cases: dict[str, Path] = {}
+    for p in chosen:
+        cid = case_id(p)
+        if cid in cases:
+            raise DatasetError(f"case id {cid!r} occurs twice ({cases[cid]} and {p}); case ids must be unique")
+        cases[cid] = p
+    return sorted(cases.items())
+
+
+def predict_cases(images: str | Path, out: str | Path, models: list[str | Path],
+                  config: EngineConfig | None = None) -> dict[str, Any]:
+    """Predict every case under ``images`` with the bundle(s) ``models``; write masks, CSV and JSON."""
+    from tqdm.auto import tqdm
+
+    if not models:
+        raise DatasetError("no model bundle given; pass at least one --model BUNDLE")
+    config = config or EngineConfig()
+    cases = find_cases(images)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    engines = [Engine.from_bundle(m, config) for m in models]
+    for engine in engines:
+        engine.warmup()
+    results: dict[str, Any] = {}
+    for cid, path in tqdm(cases, desc="cases", unit="case"):
+        start = time.perf_counter()
+        volume = read_volume(path)
+        read_ms = (time.perf_counter() - start) * 1000.0
+        pred = predict_ensemble(engines, volume)
+        start = time.perf_counter()
+        write_image(volume.to_image(pred.mask), out / f"{cid}.nii.gz")
+        stages = {k: v for k, v in pred.timings_ms.items() if k != "total"}
+        timings = {"read": read_ms, **stages, "write": (time.perf_counter() - start) * 1000.0}
+        timings["total"] = sum(timings.values())
+        results[cid] = {"image": str(path), "subtype": pred.subtype, "probabilities": pred.probabilities,
+                        "volumes_ml": pred.volumes_ml, "timings_ms": timings}
+    with open(out / "subtype_results.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["Names", "Subtype"])
+        for cid, r in results.items():
+            writer.writerow([f"{cid}.nii.gz", r["subtype"]])
+    summary = {"models": [e.info for e in engines], "config": asdict(config), "cases": results}
+    (out / "predictions.json").write_text(json.dumps(summary, indent=2))
+    logger.info("wrote %d masks, subtype_results.csv and predictions.json to %s", len(results), out)
+    return summary

@@ -1,0 +1,72 @@
+"""Post-processing on hand-made label maps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pancreas.errors import PancreasError
+from pancreas.postprocess import PostprocessConfig, postprocess
+
+
+def base() -> np.ndarray:
+    m = np.zeros((20, 30, 30), np.uint8)
+    m[5:15, 5:20, 5:20] = 1  # the pancreas
+    m[8:11, 8:11, 8:11] = 2  # a lesion inside it
+    return m
+
+
+def test_keeps_largest_whole_pancreas_component() -> None:
+    m = base()
+    m[1:3, 25:28, 25:28] = 1  # small stray pancreas blob
+    m[16:19, 25:28, 1:3] = 2  # stray lesion blob far away
+    out = postprocess(m, (1.0, 1.0, 1.0))
+    expected = base()
+    np.testing.assert_array_equal(out, expected)
+    assert m[1, 25, 25] == 1  # input untouched
+
+
+def test_lesion_within_margin_is_kept_far_one_removed() -> None:
+    m = base()
+    m[5:8, 21:23, 8:10] = 2  # 2 voxels (2 mm) from the pancreas: not connected, but adjacent
+    m[5:8, 27:29, 8:10] = 2  # 8 mm away
+    out = postprocess(m, (1.0, 1.0, 1.0), PostprocessConfig(lesion_margin_mm=3.0))
+    assert (out[5:8, 21:23, 8:10] == 2).all()
+    assert (out[5:8, 27:29, 8:10] == 0).all()
+    out = postprocess(m, (1.0, 1.0, 1.0), PostprocessConfig(lesion_margin_mm=1.0))
+    assert (out[5:8, 21:23, 8:10] == 0).all()
+
+
+def test_margin_is_in_millimetres() -> None:
+    m = base()
+    m[5:8, 22:24, 8:10] = 2  # 3 voxels away along y
+    assert (postprocess(m, (1.0, 1.0, 1.0), PostprocessConfig(lesion_margin_mm=2.5))[5:8, 22:24, 8:10] == 0).all()
+    assert (postprocess(m, (1.0, 0.5, 1.0), PostprocessConfig(lesion_margin_mm=2.5))[5:8, 22:24, 8:10] == 2).all()
+
+
+def test_lesion_rule_without_largest_component() -> None:
+    m = base()
+    m[1:3, 25:28, 25:28] = 1
+    m[16:19, 25:28, 1:3] = 2
+    out = postprocess(m, (1, 1, 1), PostprocessConfig(largest_component=False))
+    assert (out[1:3, 25:28, 25:28] == 1).all()  # pancreas blobs stay
+    assert (out[16:19, 25:28, 1:3] == 0).all()  # lonely lesion goes
+
+
+def test_only_lesion_is_left_alone_and_empty_is_fine() -> None:
+    m = np.zeros((10, 10, 10), np.uint8)
+    assert postprocess(m, (1, 1, 1)).sum() == 0
+    m[2:5, 2:5, 2:5] = 2
+    np.testing.assert_array_equal(postprocess(m, (1, 1, 1)), m)
+
+
+def test_disabled_is_identity_and_metadata_options() -> None:
+    m = base()
+    m[1:3, 25:28, 25:28] = 1
+    off = PostprocessConfig(largest_component=False, lesion_near_pancreas=False)
+    np.testing.assert_array_equal(postprocess(m, (1, 1, 1), off), m)
+    cfg = PostprocessConfig.from_metadata({"postprocessing": {"lesion_margin_mm": 5.0}})
+    assert cfg.lesion_margin_mm == 5.0 and cfg.largest_component
+    assert PostprocessConfig.from_metadata({}) == PostprocessConfig()
+    with pytest.raises(PancreasError, match="bogus"):
+        PostprocessConfig.from_metadata({"postprocessing": {"bogus": 1}})
