@@ -1,0 +1,202 @@
+"""Benchmark candidates: which predictors ``pancreas bench compare`` runs, and the runner for each.
+
+A :class:`Candidate` is a name, a runner kind (``nnunet`` or ``engine``), a bundle and the runner's options.
+:func:`discover` builds the list from a table of recipes (:data:`RECIPES`); a recipe is skipped, with the
+reason logged, when the machine or the bundle cannot run it (fp16/TensorRT without a GPU, int8 without an
+int8 ONNX artifact, ...). Runners live in :data:`RUNNERS`; the worker process (``benchmarks.worker``) looks
+them up by kind, so the orchestrator never branches on what it runs.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib.util
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from pancreas.bundle import Bundle
+from pancreas.errors import PancreasError
+
+logger = logging.getLogger(__name__)
+
+BASELINE = "nnunet-default"
+#: recipes that run on CPU only when --candidates names them (torch.compile takes minutes on a small CPU)
+CPU_OPT_IN = frozenset({"torch-compiled-c2f"})
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One predictor to benchmark."""
+
+    name: str
+    runner: str  # key of RUNNERS
+    bundle: str  # bundle folder
+    options: dict[str, Any] = field(default_factory=dict)
+    #: how many repeats this candidate runs (None: the global --repeats)
+    repeats: int | None = None
+
+    @property
+    def is_nnunet(self) -> bool:
+        return self.runner == "nnunet"
+
+
+@dataclass(frozen=True)
+class Environment:
+    """What the machine offers (decides which recipes are runnable)."""
+
+    cuda: bool
+    tensorrt: bool
+    ort_cuda: bool
+
+    @classmethod
+    def detect(cls) -> Environment:
+        import torch
+
+        ort_cuda = False
+        if importlib.util.find_spec("onnxruntime") is not None:
+            import onnxruntime
+
+            ort_cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+        return cls(cuda=torch.cuda.is_available(), tensorrt=importlib.util.find_spec("tensorrt") is not None,
+                   ort_cuda=ort_cuda)
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.cuda else "cpu"
+
+
+# ---- recipes --------------------------------------------------------------------------------------------
+#: recipe(bundle, env) -> (name, runner, options) or a string saying why it cannot run
+Recipe = Callable[[Bundle, Environment], "tuple[str, str, dict[str, Any]] | str"]
+
+
+def _has(bundle: Bundle, kind: str, precision: str) -> bool:
+    return bool(bundle.artifacts(kind, precision))  # type: ignore[arg-type]
+
+
+def _nnunet(mirroring: bool) -> Recipe:
+    def recipe(bundle: Bundle, env: Environment) -> tuple[str, str, dict[str, Any]] | str:
+        if not bundle.artifacts("torch"):
+            return "no torch artifact"
+        name = "nnunet-default" if mirroring else "nnunet-no-tta"
+        return name, "nnunet", {"use_mirroring": mirroring, "device": env.device}
+    return recipe
+
+
+def _engine(name: str, backend: str, precision: str, artifact: str, *, compile: bool = False,
+            coarse_to_fine: bool = True, needs: str | None = None) -> Recipe:
+    def recipe(bundle: Bundle, env: Environment) -> tuple[str, str, dict[str, Any]] | str:
+        if needs == "cuda" and not env.cuda:
+            return "needs a CUDA GPU"
+        if needs == "tensorrt" and not (env.cuda and env.tensorrt):
+            return "needs a CUDA GPU and the tensorrt package"
+        if not _has(bundle, artifact, "fp32" if artifact == "torch" else precision):
+            return f"bundle has no {artifact} {precision} artifact"
+        device = "cuda" if env.cuda and (backend != "onnxruntime" or env.ort_cuda) else "cpu"
+        options = {"backend": backend, "precision": precision, "device": device, "tta": False,
+                   "coarse_to_fine": coarse_to_fine, "compile": compile}
+        return name, "engine", options
+    return recipe
+
+
+#: (recipe name, recipe); order is the table's order
+RECIPES: tuple[tuple[str, Recipe], ...] = (
+    ("nnunet-default", _nnunet(True)),
+    ("nnunet-no-tta", _nnunet(False)),
+    ("torch-fp32", _engine("torch-fp32", "torch", "fp32", "torch", coarse_to_fine=False)),
+    ("torch-fp32-c2f", _engine("torch-fp32-c2f", "torch", "fp32", "torch")),
+    ("torch-compiled-c2f", _engine("torch-compiled-c2f", "torch", "fp32", "torch", compile=True)),
+    ("torch-fp16-c2f", _engine("torch-fp16-c2f", "torch", "fp16", "torch", needs="cuda")),
+    ("ort-fp32", _engine("ort-fp32", "onnxruntime", "fp32", "onnx", coarse_to_fine=False)),
+    ("ort-fp32-c2f", _engine("ort-fp32-c2f", "onnxruntime", "fp32", "onnx")),
+    ("ort-int8-c2f", _engine("ort-int8-c2f", "onnxruntime", "int8", "onnx")),
+    ("ort-fp16-c2f", _engine("ort-fp16-c2f", "onnxruntime", "fp16", "onnx", needs="cuda")),
+    ("tensorrt-fp16-c2f", _engine("tensorrt-fp16-c2f", "tensorrt", "fp16", "tensorrt", needs="tensorrt")),
+    ("tensorrt-int8-c2f", _engine("tensorrt-int8-c2f", "tensorrt", "int8", "tensorrt", needs="tensorrt")),
+)
+
+
+def discover(bundles: list[Path], *, patterns: list[str] | None = None, env: Environment | None = None,
+             baseline_repeats: int | None = None) -> list[Candidate]:
+    """All runnable candidates for ``bundles`` (the first one feeds nnU-Net), filtered by glob ``patterns``.
+
+    With several bundles, engine candidates of the 2nd, 3rd ... bundle get ``@<folder name>`` appended.
+    Raises PancreasError when nothing matches.
+    """
+    env = env or Environment.detect()
+    out: list[Candidate] = []
+    torch_weights: set[str] = set()
+    for i, path in enumerate(bundles):
+        bundle = Bundle.load(path)
+        shas = {a.sha256 or f"{path}/{a.path}" for a in bundle.artifacts("torch")}
+        same_torch = bool(shas) and shas <= torch_weights
+        torch_weights |= shas
+        for _, recipe in RECIPES:
+            got = recipe(bundle, env)
+            if isinstance(got, str):
+                logger.info("%s: skipped (%s)", path, got)
+                continue
+            name, runner, options = got
+            if i > 0 and (runner == "nnunet" or (options.get("backend") == "torch" and same_torch)):
+                continue  # nnU-Net runs the first bundle only; identical torch weights run once
+            if name in CPU_OPT_IN and not env.cuda and not any(fnmatch.fnmatch(name, p) for p in patterns or []):
+                logger.info("%s: skipped on CPU unless --candidates names it (slow to compile)", name)
+                continue
+            if i > 0:
+                name = f"{name}@{path.name}"
+            reps = baseline_repeats if runner == "nnunet" else None
+            out.append(Candidate(name, runner, str(path), options, reps))
+    if patterns:
+        out = [c for c in out if c.name == BASELINE or any(fnmatch.fnmatch(c.name, p) for p in patterns)]
+    if not any(c.runner == "engine" for c in out):
+        raise PancreasError(f"no candidate matches --candidates {patterns!r}; available recipes: "
+                            f"{[name for name, _ in RECIPES]}")
+    return out
+
+
+# ---- runners (used inside the worker process) -------------------------------------------------------------
+class Runner(Protocol):
+    info: dict[str, Any]
+
+    def warmup(self, image: str) -> None: ...
+
+    def predict_file(self, image: str, output: str) -> dict[str, float]:
+        """Predict file → mask file; return per-stage times in ms."""
+
+
+class NnUNetRunner:
+    def __init__(self, bundle: Bundle, options: dict[str, Any]) -> None:
+        from benchmarks.nnunet_baseline import NnUNetBaseline, NnUNetSettings
+
+        self._baseline = NnUNetBaseline(bundle, NnUNetSettings(**options))
+        self.info = {"settings": self._baseline.settings.as_dict()}
+
+    def warmup(self, image: str) -> None:
+        self._baseline.warmup()
+
+    def predict_file(self, image: str, output: str) -> dict[str, float]:
+        return self._baseline.predict_file(image, output)
+
+
+class EngineRunner:
+    def __init__(self, bundle: Bundle, options: dict[str, Any]) -> None:
+        from pancreas.engine import Engine, EngineConfig
+
+        self._engine = Engine.from_bundle(bundle, EngineConfig(**options))
+        self.info = dict(self._engine.info)
+
+    def warmup(self, image: str) -> None:
+        self._engine.warmup()
+
+    def predict_file(self, image: str, output: str) -> dict[str, float]:
+        pred = self._engine.predict_file(image, output)
+        return {k: float(v) for k, v in pred.timings_ms.items() if k != "total"}
+
+
+RUNNERS: dict[str, Callable[[Bundle, dict[str, Any]], Runner]] = {
+    "nnunet": NnUNetRunner,
+    "engine": EngineRunner,
+}
