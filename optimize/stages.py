@@ -1,0 +1,206 @@
+"""The stage functions behind :data:`optimize.recipes.RECIPES`; each takes ``(state, recipe)``.
+
+A stage builds its artifact, gates it (parity against its reference at the stated tolerance of
+:data:`optimize.validate.TOLERANCES`), registers the artifact on the state and records its measurements.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, replace
+from typing import TYPE_CHECKING
+
+from pancreas.bundle import Artifact
+
+if TYPE_CHECKING:
+    from optimize.recipes import Recipe, State
+
+logger = logging.getLogger(__name__)
+
+
+def onnx(state: State, recipe: Recipe) -> None:
+    """fp32 ONNX export (fixed patch, dynamic batch, onnxslim) + strict parity gate against torch."""
+    from optimize.export_onnx import export_onnx, onnx_info
+    from optimize.runners import ort_runner, torch_runner
+    from optimize.validate import TOLERANCES, parity_gate
+
+    t0 = time.perf_counter()
+    rel = "models/model.onnx"
+    path = export_onnx(state.net, state.patch, state.out / rel, config=state.options.onnx)
+    reference, candidate = torch_runner(state.net), ort_runner(path)
+    report = parity_gate(reference, candidate, state.patches("val").images[:state.options.parity_patches],
+                         what=str(path), tolerance=TOLERANCES["fp32"])
+    state.onnx["fp32"] = path
+    state.add(Artifact(kind="onnx", path=rel, precision="fp32", fold=state.source.fold, patch_size=state.patch,
+                       info=onnx_info(path)))
+    state.record(recipe, "fp32", rel, reference=reference, candidate=candidate, reference_name="torch fp32",
+                 seconds=time.perf_counter() - t0, parity=report)
+
+
+def _need_onnx(state: State) -> None:
+    from optimize.recipes import Recipe
+
+    if "fp32" not in state.onnx:
+        onnx(state, Recipe("onnx"))
+
+
+def fp16(state: State, recipe: Recipe) -> None:
+    """ONNX float16 (float32 I/O); gated against the fp32 ONNX at the fp16 tolerance."""
+    from optimize.export_onnx import onnx_info
+    from optimize.fp16 import convert_fp16
+    from optimize.runners import ort_runner
+    from optimize.validate import TOLERANCES, parity_gate
+
+    _need_onnx(state)
+    t0 = time.perf_counter()
+    rel = "models/model_fp16.onnx"
+    path = convert_fp16(state.onnx["fp32"], state.out / rel, config=state.options.fp16)
+    reference, candidate = ort_runner(state.onnx["fp32"]), ort_runner(path)
+    report = parity_gate(reference, candidate, state.patches("val").images[:state.options.parity_patches],
+                         what=str(path), tolerance=TOLERANCES["fp16"])
+    state.onnx["fp16"] = path
+    state.add(Artifact(kind="onnx", path=rel, precision="fp16", fold=state.source.fold, patch_size=state.patch,
+                       info=onnx_info(path)))
+    state.record(recipe, "fp16", rel, reference=reference, candidate=candidate, reference_name="onnxruntime fp32",
+                 seconds=time.perf_counter() - t0, parity=report,
+                 note="fp16 is a GPU recipe: onnxruntime on CPU runs fp16 convolutions slower than fp32")
+
+
+def int8(state: State, recipe: Recipe) -> None:
+    """Static QDQ per-channel INT8 calibrated on real phantom patches; gated at the int8 tolerance."""
+    from optimize.export_onnx import onnx_info
+    from optimize.quantize import quantize_int8
+    from optimize.runners import ort_runner
+    from optimize.validate import TOLERANCES, parity_gate
+
+    _need_onnx(state)
+    t0 = time.perf_counter()
+    config = state.options.int8
+    if recipe.arg:  # int8:minmax / int8:entropy / int8:percentile pins the calibration method
+        config = replace(config, methods=(recipe.arg,))
+    rel = "models/model_int8.onnx"
+    calib, val = state.patches("calib"), state.patches("val")
+    result = quantize_int8(state.onnx["fp32"], state.out / rel, calib.images, val.images, config=config,
+                           cache_dir=state.out / "calibration")
+    reference, candidate = ort_runner(state.onnx["fp32"]), ort_runner(result.path)
+    report = parity_gate(reference, candidate, val.images, what=str(result.path), tolerance=TOLERANCES["int8"])
+    state.onnx["int8"] = result.path
+    info = {**onnx_info(result.path), "calibration_method": result.method,
+            "calibration_cache": str(result.cache.relative_to(state.out)), "calibration_patches": len(calib),
+            "kept_float_nodes": len(result.excluded_nodes)}
+    state.add(Artifact(kind="onnx", path=rel, precision="int8", fold=state.source.fold, patch_size=state.patch,
+                       info=info))
+    state.record(recipe, "int8", rel, reference=reference, candidate=candidate, reference_name="onnxruntime fp32",
+                 seconds=time.perf_counter() - t0, parity=report,
+                 calibration={m: {"agreement": p["agreement"], "cls_max_abs_diff": p["cls_max_abs_diff"]}
+                              for m, p in result.parity.items()}, chosen_method=result.method,
+                 int8_config=asdict(config))
+
+
+def _finetune(state: State, student: object) -> list[float]:
+    from optimize.distill import finetune
+
+    return finetune(student, state.net, state.patches("train"), config=state.options.finetune)
+
+
+def prune(state: State, recipe: Recipe) -> None:
+    """Structured channel pruning (torch-pruning) + distillation fine-tune with the unpruned net as teacher."""
+    from optimize.prune import PruneConfig, prune_network
+    from optimize.recipes import RecipeError
+    from optimize.runners import torch_runner
+
+    try:
+        ratio = float(recipe.arg) if recipe.arg else 0.3
+    except ValueError as exc:
+        raise RecipeError(f"prune ratio {recipe.arg!r} is not a number; use e.g. prune:0.3") from exc
+    t0 = time.perf_counter()
+    result = prune_network(state.net, state.bundle.plans, state.config, state.patch,
+                           prune_config=PruneConfig(ratio=ratio))
+    losses = _finetune(state, result.net)
+    reference = torch_runner(state.net)
+    state.net, state.config = result.net, result.config
+    state.record(recipe, "fp32", None, reference=reference, candidate=torch_runner(result.net),
+                 reference_name="torch fp32 (unpruned teacher)", seconds=time.perf_counter() - t0,
+                 structure=result.to_dict(), finetune={"steps": len(losses), "loss_first": round(losses[0], 4),
+                                                       "loss_last": round(losses[-1], 4),
+                                                       **asdict(state.options.finetune)})
+
+
+def distill(state: State, recipe: Recipe) -> None:
+    """Distil the current network into a narrower/shallower student (distill:width=0.5:convs=1)."""
+    import torch
+
+    from optimize.distill import StudentSpec
+    from optimize.distill import distill as run_distill
+    from optimize.prune import count_macs, count_parameters
+    from optimize.runners import torch_runner
+
+    spec = StudentSpec.parse(recipe.arg)
+    t0 = time.perf_counter()
+    student, config, losses = run_distill(state.net, state.bundle.plans, state.config, state.patches("train"),
+                                          spec=spec, distill_config=state.options.finetune, patch_size=state.patch)
+    example = torch.zeros(1, 1, *state.patch)
+    structure = {"params_before": count_parameters(state.net), "params_after": count_parameters(student),
+                 "gmacs_before": round(count_macs(state.net, example) / 1e9, 3),
+                 "gmacs_after": round(count_macs(student, example) / 1e9, 3), "student": asdict(spec),
+                 "arch_kwargs_override": config.arch_kwargs_override}
+    reference = torch_runner(state.net)
+    state.net, state.config = student, config
+    state.record(recipe, "fp32", None, reference=reference, candidate=torch_runner(student),
+                 reference_name="torch fp32 (teacher)", seconds=time.perf_counter() - t0, structure=structure,
+                 finetune={"steps": len(losses), "loss_first": round(losses[0], 4), "loss_last": round(losses[-1], 4),
+                           **asdict(state.options.finetune)})
+
+
+def tensorrt(state: State, recipe: Recipe) -> None:
+    """TensorRT engine from the ONNX model (int8 QDQ if built, else fp16; ``tensorrt:fp32`` forces fp32)."""
+    from optimize.runners import torch_runner
+    from optimize.tensorrt_build import build_engine, gpu_identity, require_tensorrt
+    from optimize.validate import TOLERANCES, check_parity
+    from pancreas.backends.tensorrt_backend import TensorRTBackend
+
+    require_tensorrt()
+    gpu_identity()
+    _need_onnx(state)
+    precision = recipe.arg or ("int8" if "int8" in state.onnx else "fp16")
+    source = state.onnx["int8"] if precision == "int8" else state.onnx["fp32"]
+    build = replace(state.options.trt, precision=precision)
+    t0 = time.perf_counter()
+    rel = f"models/model_{precision}.plan"
+    meta = build_engine(source, state.out / rel, config=build, timing_cache=state.out / "models" / "timing.cache")
+    backend = TensorRTBackend(state.out / rel, precision=meta.precision, patch_size=tuple(state.patch),
+                              max_batch=build.max_batch)
+    reference = torch_runner(state.net)
+    report = check_parity(reference, backend, state.patches("val").images[:state.options.parity_patches],
+                          TOLERANCES.get(meta.precision, TOLERANCES["fp16"]))
+    state.add(Artifact(kind="tensorrt", path=rel, precision=meta.precision, fold=state.source.fold,
+                       patch_size=state.patch, info={"onnx": str(source.relative_to(state.out)),
+                                                     "build": asdict(build), "engine": asdict(meta)}))
+    rec = state.record(recipe, meta.precision, rel, reference=reference, candidate=backend,
+                       reference_name="torch fp32 (CPU)", seconds=time.perf_counter() - t0, parity=report)
+    rec["latency_ms_per_patch"]["device"] = f"{meta.gpu_name} vs cpu torch"
+
+
+def compile_(state: State, recipe: Recipe) -> None:
+    """torch.export program (``compile``) and optionally an AOTInductor package (``compile:aoti``)."""
+    from optimize.compile import CompileConfig, aoti_package, export_program, load_program
+    from optimize.runners import torch_runner
+    from optimize.validate import TOLERANCES, parity_gate
+
+    config: CompileConfig = state.options.compile
+    t0 = time.perf_counter()
+    rel = "models/model.pt2"
+    path = export_program(state.net, state.patch, state.out / rel, config=config)
+    reference, candidate = torch_runner(state.net), torch_runner(load_program(path))
+    report = parity_gate(reference, candidate, state.patches("val").images[:state.options.parity_patches],
+                         what=str(path), tolerance=TOLERANCES["fp32"])
+    state.add(Artifact(kind="torch_export", path=rel, precision="fp32", fold=state.source.fold,
+                       patch_size=state.patch, info={"format": "exported_program", "max_batch": config.max_batch}))
+    state.record(recipe, "fp32", rel, reference=reference, candidate=candidate, reference_name="torch fp32 eager",
+                 seconds=time.perf_counter() - t0, parity=report)
+    if recipe.arg == "aoti" or config.aoti:
+        rel = "models/model_aoti.pt2"
+        aoti_package(state.net, state.patch, state.out / rel, config=replace(config, aoti=True))
+        state.add(Artifact(kind="torch_export", path=rel, precision="fp32", fold=state.source.fold,
+                           patch_size=state.patch, info={"format": "aoti_package", "device": config.device}))

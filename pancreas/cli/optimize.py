@@ -1,0 +1,57 @@
+"""Optimize a model bundle: chained recipes write a new, servable bundle.
+
+Recipes (comma-separated, applied in order): onnx, fp16, int8[:minmax|entropy|percentile], prune:RATIO,
+distill:width=F[:convs=N][:init=teacher|random], tensorrt[:fp32|fp16|int8], compile[:aoti].
+Example: pancreas optimize pancreas/demo_bundle --recipe prune:0.3,onnx,int8 --out work_dirs/opt_int8
+Calibration, parity and fine-tuning use real preprocessed phantom patches (--data, a quiz-layout folder
+with train/ and validation/; phantoms are synthesized when it is omitted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("bundle", type=Path, help="model bundle folder to optimize")
+    parser.add_argument("--recipe", required=True, help="comma-separated recipes, e.g. onnx,int8 or prune:0.3,onnx")
+    parser.add_argument("--out", type=Path, required=True, help="output bundle folder (must be new or empty)")
+    parser.add_argument("--data", type=Path, default=None, help="quiz-layout phantom folder (train/, validation/)")
+    parser.add_argument("--fold", default=None, help="which fold's weights to optimize (default: the first)")
+    parser.add_argument("--calib-cases", type=int, default=8, help="training cases for INT8 calibration")
+    parser.add_argument("--calib-per-case", type=int, default=2, help="calibration patches per case")
+    parser.add_argument("--val-cases", type=int, default=6, help="validation cases for parity and accuracy")
+    parser.add_argument("--train-cases", type=int, default=12, help="training cases for prune/distill fine-tuning")
+    parser.add_argument("--train-per-case", type=int, default=4, help="fine-tuning patches per case")
+    parser.add_argument("--steps", type=int, default=150, help="fine-tune steps after prune/distill")
+    parser.add_argument("--lr", type=float, default=1e-3, help="fine-tune learning rate")
+    parser.add_argument("--calibration", default="minmax,percentile,entropy",
+                        help="INT8 calibration methods to try (best agreement with fp32 wins)")
+    parser.add_argument("--trt-max-batch", type=int, default=4, help="TensorRT profile: batch 1..N")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from optimize.distill import DistillConfig
+    from optimize.quantize import Int8Config
+    from optimize.recipes import OptimizeOptions, optimize_bundle
+    from optimize.tensorrt_build import TrtBuildConfig
+
+    fold = int(args.fold) if args.fold is not None and str(args.fold).isdigit() else args.fold
+    options = OptimizeOptions(
+        data=args.data, fold=fold, seed=args.seed, calib_cases=args.calib_cases, calib_per_case=args.calib_per_case,
+        val_cases=args.val_cases, train_cases=args.train_cases, train_per_case=args.train_per_case,
+        finetune=DistillConfig(steps=args.steps, lr=args.lr, seed=args.seed),
+        int8=Int8Config(methods=tuple(m.strip() for m in args.calibration.split(",") if m.strip())),
+        trt=TrtBuildConfig(max_batch=args.trt_max_batch), command=" ".join(["pancreas", *sys.argv[1:]]))
+    bundle = optimize_bundle(args.bundle, args.recipe, args.out, options=options)
+    rows = [{"recipe": r["recipe"], "precision": r["precision"], "artifact": r["artifact"],
+             "parity_agreement": (r.get("parity") or {}).get("agreement"),
+             "accuracy_delta": r["accuracy"]["delta"], "latency_ms_per_patch": r["latency_ms_per_patch"]}
+            for r in bundle.metadata.optimization]
+    print(json.dumps({"bundle": str(bundle.root), "stages": rows}, indent=2))
+    return 0

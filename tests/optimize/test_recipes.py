@@ -1,0 +1,118 @@
+"""Recipe chaining end to end: a real optimized bundle, loaded and served by the engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from optimize.distill import DistillConfig
+from optimize.quantize import Int8Config
+from optimize.recipes import OptimizeOptions, RecipeError, optimize_bundle, parse_recipes
+
+RECORD_KEYS = {"recipe", "precision", "artifact", "parity", "accuracy", "latency_ms_per_patch", "versions", "seconds"}
+
+
+def _options(phantoms: Path) -> OptimizeOptions:
+    return OptimizeOptions(data=phantoms, calib_cases=3, calib_per_case=1, val_cases=3, val_per_case=1,
+                           train_cases=3, train_per_case=1, parity_patches=2, finetune=DistillConfig(steps=2),
+                           int8=Int8Config(methods=("minmax",)), command="pytest recipe chain")
+
+
+def test_parse_recipes_validates_names_and_order():
+    assert [str(r) for r in parse_recipes("prune:0.3,onnx,int8")] == ["prune:0.3", "onnx", "int8"]
+    with pytest.raises(RecipeError, match="unknown recipe"):
+        parse_recipes("onnx,int4")
+    with pytest.raises(RecipeError, match="put prune/distill first"):
+        parse_recipes("onnx,prune:0.3")
+
+
+@pytest.fixture(scope="module")
+def chained(bundle, phantoms, tmp_path_factory):
+    return optimize_bundle(bundle, "prune:0.5,onnx,int8", tmp_path_factory.mktemp("chain") / "opt",
+                           options=_options(phantoms))
+
+
+def test_chained_recipes_write_a_servable_bundle(chained, phantoms):
+    from pancreas.bundle import Bundle
+    from pancreas.engine import Engine, EngineConfig
+    from pancreas.nifti import read_volume
+
+    out = chained
+    loaded = Bundle.load(out.root)
+    records = loaded.metadata.optimization
+    assert [r["recipe"] for r in records] == ["prune:0.5", "onnx", "int8"]
+    assert all(RECORD_KEYS <= set(r) for r in records)
+    assert records[1]["parity"]["passed"] and records[2]["precision"] == "int8"
+    assert records[0]["structure"]["params_after"] < records[0]["structure"]["params_before"]
+    assert loaded.metadata.network.arch_kwargs_override["features_per_stage"]
+    assert {(a.kind, a.precision) for a in loaded.metadata.artifacts} >= {("torch", "fp32"), ("onnx", "int8")}
+    assert loaded.metadata.inference["recommended"] == {"backend": "onnxruntime", "precision": "int8"}
+    int8_art = next(a for a in loaded.metadata.artifacts if a.precision == "int8")
+    assert (out.root / int8_art.info["calibration_cache"]).is_file()
+    image = next((phantoms / "validation").rglob("*_0000.nii.gz"))
+    volume = read_volume(image)
+    for config in (EngineConfig(backend="onnxruntime", precision="int8", step_size=1.0),
+                   EngineConfig(backend="torch", device="cpu", step_size=1.0)):
+        engine = Engine.from_bundle(loaded, config)
+        prediction = engine.predict(volume)
+        assert prediction.mask.shape == volume.shape and len(prediction.probabilities) == 3
+
+
+def test_output_folder_must_be_new(bundle, phantoms, tmp_path):
+    (tmp_path / "opt").mkdir()
+    (tmp_path / "opt" / "keep.txt").write_text("x")
+    with pytest.raises(RecipeError, match="not empty"):
+        optimize_bundle(bundle, "onnx", tmp_path / "opt", options=_options(phantoms))
+
+
+def test_int8_bundle_is_served_by_a_real_server(chained, phantoms, tmp_path):
+    """``pancreas serve --model <int8 bundle> --backend onnxruntime --precision int8`` answers a prediction."""
+    import base64
+    import gzip
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PANCREAS_")}
+    env.update(PANCREAS_TMP_DIR=str(tmp_path), PANCREAS_NUM_THREADS="1", PANCREAS_LOG_LEVEL="warning")
+    cmd = [sys.executable, "-m", "pancreas", "serve", "--model", str(chained.root), "--backend", "onnxruntime",
+           "--precision", "int8", "--device", "cpu", "--step-size", "1.0", "--port", str(port)]
+    log = tmp_path / "server.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        with httpx.Client(base_url=url, timeout=120) as client:
+            while True:
+                assert process.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, f"server not ready:\n{log.read_text()}"
+                try:
+                    if client.get("/readyz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.2)
+            info = client.get("/v1/model").json()
+            assert (info["backend"], info["precision"]) == ("onnxruntime", "int8")
+            image = next((phantoms / "validation").rglob("*_0000.nii.gz"))
+            reply = client.post("/v1/predict", files={"file": (image.name, image.read_bytes(), "application/gzip")})
+            assert reply.status_code == 200, reply.text
+            body = reply.json()
+            assert body["subtype"] in (0, 1, 2) and len(body["probabilities"]) == 3
+            assert gzip.decompress(base64.b64decode(body["mask"]))[:4]  # a real .nii.gz payload
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
