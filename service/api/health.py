@@ -1,0 +1,32 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+
+from service.deps import ServicesDep
+from service.metrics import CONTENT_TYPE
+from service.schemas import Health, Readiness
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=Health)
+def healthz() -> Health:
+    """Liveness: the process answers HTTP (the model may still be loading)."""
+    return Health()
+
+
+@router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
+def readyz(services: ServicesDep) -> Response:
+    """Readiness: 200 only once the model is loaded and warmed up."""
+    worker = services.worker
+    body = Readiness(status=worker.state, detail=worker.error)
+    return JSONResponse(body.model_dump(), status_code=200 if worker.state == "ready" else 503)
+
+
+@router.get("/metrics", response_class=Response)
+def metrics(services: ServicesDep) -> Response:
+    """Prometheus exposition: per-stage latency histograms, queue depth, predictions, errors by code."""
+    return Response(services.metrics.render(), media_type=CONTENT_TYPE)

@@ -1,0 +1,79 @@
+"""Response models of the HTTP API (see ``docs`` in the OpenAPI page at ``/docs``)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+
+class ErrorDetail(BaseModel):
+    """The ``detail`` of every error response: a stable machine ``code`` and a human ``message``."""
+
+    code: str = Field(examples=["not_nifti"])
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    detail: ErrorDetail
+
+
+class VolumesMl(BaseModel):
+    pancreas: float = Field(description="pancreas (label 1) plus lesion (label 2) volume, mL")
+    lesion: float = Field(description="lesion (label 2) volume, mL")
+
+
+class Timings(BaseModel):
+    """Wall-clock milliseconds per stage; ``total`` covers the request from arrival to encoded mask."""
+
+    read: float = Field(description="receive, decompress, check and canonicalize the upload")
+    queue: float = Field(default=0.0, description="wait for the model (other requests ahead)")
+    coarse: float = Field(default=0.0, description="coarse-to-fine ROI pass (0 when disabled)")
+    preprocess: float = Field(description="nnU-Net preprocessing: crop, resample, normalize")
+    inference: float = Field(description="sliding-window network passes")
+    resample_back: float = Field(default=0.0, description="logits back to the input resolution")
+    export: float = Field(default=0.0, description="argmax and paste into the full canonical grid")
+    postprocess: float = Field(description="connected-component post-processing")
+    encode: float = Field(description="write the mask back on the input grid as .nii.gz")
+    total: float
+
+
+class ModelSummary(BaseModel):
+    name: str
+    version: str
+    backend: str
+    precision: str
+
+
+class PredictResponse(BaseModel):
+    subtype: int = Field(description="predicted lesion subtype, one of 0, 1, 2")
+    probabilities: list[float] = Field(description="softmax probability of each subtype")
+    volumes_ml: VolumesMl
+    timings_ms: Timings
+    model: ModelSummary
+    mask_encoding: Literal["nifti-gzip-base64"] = "nifti-gzip-base64"
+    mask: str = Field(description="base64 of the .nii.gz mask (0 background, 1 pancreas, 2 lesion) on exactly "
+                                  "the input's size, spacing, origin and direction")
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    status: Literal["loading", "ready", "failed", "stopped"]
+    detail: str | None = None
+
+
+class ModelInfo(BaseModel):
+    """The served bundle's metadata plus what the engine actually runs."""
+
+    name: str
+    version: str
+    description: str
+    backend: str
+    precision: str
+    device: str
+    patch_size: list[int] | None = None
+    engine: dict[str, Any] = Field(description="the engine's own description (engine.info)")
+    metadata: dict[str, Any] = Field(description="the bundle's configs/metadata.json")
