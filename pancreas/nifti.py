@@ -161,6 +161,26 @@ def _check_size(size: tuple[int, ...], name: str, max_voxels: int) -> None:
                                 code="too_large" if min(size) >= 1 else "empty_image")
 
 
+def _check_nifti_raw(path: Path, name: str) -> None:
+    """Checks SimpleITK cannot do: it reads NaN/inf voxels as 0 and silently turns a zero pixdim into 1."""
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        with nib.openers.ImageOpener(str(path)) as f:  # raw header: nibabel's loader "fixes" zero pixdims
+            raw = type(img.header).from_fileobj(f, check=False)
+    except Exception as exc:  # nibabel raises many types for bad headers; report them uniformly
+        raise InvalidImageError(f"{name}: unreadable NIfTI header ({exc})", code="unreadable") from exc
+    zooms = tuple(raw["pixdim"][1:4])
+    if not all(np.isfinite(z) and z > 0 for z in zooms):
+        raise InvalidImageError(f"{name}: voxel spacing (pixdim) {tuple(float(z) for z in zooms)} must be finite "
+                                "and positive; fix the header", code="invalid_spacing")
+    if np.dtype(img.header.get_data_dtype()).kind == "f":
+        for zslice in range(img.shape[2]):  # slab-wise, so a big float volume is never held twice
+            if not np.all(np.isfinite(np.asanyarray(img.dataobj[:, :, zslice]))):
+                raise InvalidImageError(f"{name}: contains NaN or infinite voxel values", code="non_finite")
+
+
 def read_image(path: str | Path, *, max_voxels: int = DEFAULT_MAX_VOXELS, name: str | None = None) -> sitk.Image:
     """Read a 3D scalar NIfTI after checking its header (dimension, dtype, spacing, size)."""
     path = Path(path)
@@ -173,6 +193,8 @@ def read_image(path: str | Path, *, max_voxels: int = DEFAULT_MAX_VOXELS, name: 
         raise InvalidImageError(f"{name}: not a readable NIfTI/ITK image ({_first_line(exc)})",
                                 code="unreadable") from exc
     _check_information(reader, name, max_voxels)
+    if path.name.endswith((".nii", ".nii.gz")):
+        _check_nifti_raw(path, name)
     try:
         image = reader.Execute()
     except RuntimeError as exc:
