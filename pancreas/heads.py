@@ -10,6 +10,9 @@ encoders return them; ``seg_logits`` are the decoder's full-resolution segmentat
 :data:`HEADS`; there is no data-dependent Python control flow in any ``forward`` (ONNX export and
 ``torch.compile`` work).
 
+Pooled descriptors are layer-normalized before the MLP: encoder activations pooled over a region are
+small and similar across cases, and without normalization the head starts far slower (measured).
+
 Variants:
 
 * ``gap``        global average pooling of the bottleneck, then an MLP.
@@ -70,10 +73,11 @@ class GAPHead(nn.Module):
     def __init__(self, channels: Sequence[int], strides: Sequence[int], num_classes: int, *, hidden: int = 64,
                  dropout: float = 0.2, stages: Sequence[int] | None = None, num_queries: int = 4) -> None:
         super().__init__()
+        self.norm = nn.LayerNorm(channels[-1])
         self.mlp = _mlp(channels[-1], hidden, num_classes, dropout)
 
     def forward(self, skips: list[Tensor], seg_logits: Tensor) -> Tensor:
-        return self.mlp(_gap(skips[-1]))
+        return self.mlp(self.norm(_gap(skips[-1])))
 
 
 class MultiScaleHead(nn.Module):
@@ -83,11 +87,12 @@ class MultiScaleHead(nn.Module):
                  dropout: float = 0.2, stages: Sequence[int] | None = None, num_queries: int = 4) -> None:
         super().__init__()
         self.stages = resolve_stages(stages, len(channels))
+        self.norms = nn.ModuleList(nn.LayerNorm(channels[s]) for s in self.stages)
         self.proj = nn.ModuleList(nn.Linear(channels[s], hidden) for s in self.stages)
         self.mlp = _mlp(hidden * len(self.stages), hidden, num_classes, dropout)
 
     def forward(self, skips: list[Tensor], seg_logits: Tensor) -> Tensor:
-        feats = [F.leaky_relu(p(_gap(skips[s])), 0.01) for p, s in zip(self.proj, self.stages)]
+        feats = [F.leaky_relu(p(n(_gap(skips[s]))), 0.01) for p, n, s in zip(self.proj, self.norms, self.stages)]
         return self.mlp(torch.cat(feats, dim=1))
 
 
@@ -124,6 +129,7 @@ class MaskGuidedHead(nn.Module):
         super().__init__()
         self.stages = resolve_stages(stages, len(channels))
         self.factors = [list(_cumulative(strides, s)) for s in self.stages]
+        self.norms = nn.ModuleList(nn.LayerNorm(2 * channels[s]) for s in self.stages)
         self.proj = nn.ModuleList(nn.Linear(2 * channels[s], hidden) for s in self.stages)
         self.mlp = _mlp(hidden * len(self.stages), hidden, num_classes, dropout)
 
@@ -133,12 +139,12 @@ class MaskGuidedHead(nn.Module):
         lesion = prob[:, 2:3] + _FALLBACK * whole
         weights = torch.cat([lesion, whole], dim=1)                       # [B, 2, *S]
         feats = []
-        for proj, s, factor in zip(self.proj, self.stages, self.factors):
+        for proj, norm, s, factor in zip(self.proj, self.norms, self.stages, self.factors):
             w = _downsample(weights, factor).to(skips[s].dtype)           # [B, 2, *S_s]
             f = skips[s].flatten(2)                                       # [B, C, N]
             wf = w.flatten(2)                                             # [B, 2, N]
             pooled = torch.matmul(f, wf.transpose(1, 2)) / (wf.sum(-1).unsqueeze(1) + _EPS)  # [B, C, 2]
-            feats.append(F.leaky_relu(proj(pooled.transpose(1, 2).flatten(1)), 0.01))
+            feats.append(F.leaky_relu(proj(norm(pooled.transpose(1, 2).flatten(1))), 0.01))
         return self.mlp(torch.cat(feats, dim=1))
 
 
