@@ -1,0 +1,34 @@
+"""The committed demo bundle: loads, is small, records phantom_* metrics, and `pancreas predict` +
+`pancreas evaluate` on the regenerated validation phantoms reproduce them within 0.01."""
+
+from __future__ import annotations
+
+import pytest
+
+from pancreas.bundle import Bundle, default_bundle_path
+
+RECORDED = ("phantom_whole_dsc", "phantom_lesion_dsc", "phantom_macro_f1")
+
+
+def test_demo_bundle_loads_and_records_phantom_metrics() -> None:
+    from training.export import bundle_size_mb
+
+    bundle = Bundle.load(default_bundle_path())
+    assert bundle_size_mb(bundle.root) <= 25
+    assert [a.kind for a in bundle.artifacts("torch")] == ["torch"]
+    metrics = bundle.metadata.metrics
+    assert all(0.0 <= metrics[k] <= 1.0 for k in RECORDED)
+    assert "phantom" in bundle.metadata.description.lower()
+
+
+@pytest.mark.slow
+def test_demo_bundle_reproduces_recorded_metrics(tmp_path) -> None:
+    from pancreas.phantoms import SynthConfig, synthesize
+    from training.export import phantom_metrics
+
+    bundle = Bundle.load(default_bundle_path())
+    # the documented data command: pancreas synth ... --cases-per-subtype 24 --splits train,validation --seed 2026
+    synthesize(tmp_path / "phantoms", SynthConfig(cases_per_subtype=24, splits=("train", "validation"), seed=2026))
+    measured = phantom_metrics(bundle.root, tmp_path / "phantoms" / "validation", tmp_path / "work", threads=2)
+    for key in RECORDED:
+        assert measured[key] == pytest.approx(bundle.metadata.metrics[key], abs=0.01), key

@@ -1,0 +1,93 @@
+"""Patch sampling for the multi-task trainer: lesion oversampling, subtype lookup, data-loader workers.
+
+Subtypes travel with the batch through nnU-Net's own mechanism: ``nnUNetDataLoader.generate_train_batch``
+returns the case identifiers as ``batch['keys']``; the trainer maps them to subtypes with the table
+``pancreas convert`` writes (``subtypes.csv``: ``case_id,subtype[,split]``).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
+from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
+from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
+
+from pancreas import LABELS, SUBTYPES
+from pancreas.errors import DatasetError
+
+logger = logging.getLogger(__name__)
+
+SUBTYPES_CSV = "subtypes.csv"
+
+
+class LesionOversamplingDataLoader(nnUNetDataLoader):
+    """nnU-Net's loader; a foreground-forced patch is centred on a lesion voxel with probability ``lesion_p``.
+
+    Overrides ``get_bbox`` only, by passing nnU-Net's own ``overwrite_class`` (class-specific sampling).
+    Cases without lesion voxels fall back to nnU-Net's choice among the present classes.
+    """
+
+    def __init__(self, *args: Any, lesion_p: float = 0.0, lesion_label: int = LABELS["lesion"],
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lesion_p = lesion_p
+        self.lesion_label = lesion_label
+
+    def get_bbox(self, data_shape: np.ndarray, force_fg: bool, class_locations: dict | None,
+                 overwrite_class: int | tuple[int, ...] | None = None, verbose: bool = False):
+        if (force_fg and overwrite_class is None and class_locations is not None and self.lesion_p > 0
+                and len(class_locations.get(self.lesion_label, ())) > 0 and np.random.uniform() < self.lesion_p):
+            overwrite_class = self.lesion_label
+        return super().get_bbox(data_shape, force_fg, class_locations, overwrite_class, verbose)
+
+
+def read_subtype_table(dataset_dir: str | Path) -> dict[str, int]:
+    """``case_id -> subtype`` from ``DATASET/subtypes.csv`` (uses training.convert.read_subtypes if present)."""
+    dataset_dir = Path(dataset_dir)
+    try:
+        from training.subtypes import read_subtypes  # written with `pancreas convert`
+    except ImportError:
+        read_subtypes = None
+    if read_subtypes is not None:
+        return {str(k): int(v) for k, v in read_subtypes(dataset_dir).items()}
+    path = dataset_dir / SUBTYPES_CSV
+    if not path.is_file():
+        raise DatasetError(f"{path} is missing; `pancreas convert` writes it (columns case_id,subtype)")
+    out: dict[str, int] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            try:
+                st = int(row["subtype"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise DatasetError(f"{path}: bad row {row}; expected columns case_id,subtype") from exc
+            if st not in SUBTYPES:
+                raise DatasetError(f"{path}: subtype {st} of {row.get('case_id')} is not one of {SUBTYPES}")
+            out[row["case_id"]] = st
+    return out
+
+
+def find_subtypes(dataset_name: str, raw: Path, preprocessed: Path) -> dict[str, int]:
+    """The subtype table of a dataset, from the raw folder or its copy in the preprocessed folder."""
+    for folder in (raw / dataset_name, preprocessed / dataset_name):
+        if (folder / SUBTYPES_CSV).is_file():
+            return read_subtype_table(folder)
+    raise DatasetError(f"no {SUBTYPES_CSV} in {raw / dataset_name} or {preprocessed / dataset_name}; "
+                       "run `pancreas convert` (it writes the subtype table)")
+
+
+def make_augmenters(dl_tr: nnUNetDataLoader, dl_val: nnUNetDataLoader, num_workers: int,
+                    pin_memory: bool) -> tuple[Any, Any]:
+    """nnU-Net's augmenters: in-process for ``num_workers == 0``, else background workers."""
+    if num_workers <= 0:
+        return SingleThreadedAugmenter(dl_tr, None), SingleThreadedAugmenter(dl_val, None)
+    tr = NonDetMultiThreadedAugmenter(data_loader=dl_tr, transform=None, num_processes=num_workers,
+                                      num_cached=max(4, num_workers), seeds=None, pin_memory=pin_memory,
+                                      wait_time=0.002)
+    val = NonDetMultiThreadedAugmenter(data_loader=dl_val, transform=None, num_processes=1, num_cached=2,
+                                       seeds=None, pin_memory=pin_memory, wait_time=0.002)
+    return tr, val

@@ -1,0 +1,102 @@
+"""Train one fold of the multi-task network (library entry point behind ``pancreas train``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pancreas.errors import DatasetError
+from training.nnunet_env import current, resolve_dataset
+from training.trainer import MultiTaskTrainer, TrainOptions, trainer_class
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FoldResult:
+    fold: int | str
+    output_folder: Path
+    checkpoint: Path
+    history: list[dict[str, Any]]
+    metrics: dict[str, Any]
+
+
+def load_plans(dataset: str | int, plans_identifier: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """(dataset name, plans, dataset.json) from the preprocessed folder."""
+    paths = current()
+    name = resolve_dataset(dataset, paths)
+    plans_file = paths.preprocessed / name / f"{plans_identifier}.json"
+    if not plans_file.is_file():
+        raise DatasetError(f"{plans_file} is missing; run `pancreas plan {name}` (with --tiny for "
+                           f"nnUNetPlansTiny) first")
+    plans = json.loads(plans_file.read_text())
+    dataset_json = json.loads((paths.preprocessed / name / "dataset.json").read_text())
+    return name, plans, dataset_json
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_trainer(dataset: str | int, *, configuration: str, fold: int | str, plans_identifier: str,
+                 options: TrainOptions, device: str = "cpu", trainer_name: str | None = None) -> MultiTaskTrainer:
+    """A configured (not yet initialized) trainer for one fold.
+
+    ``trainer_name`` names a subclass (nnU-Net derives the output folder from the trainer's class name), so
+    ablation variants of one dataset/plans/fold do not overwrite each other.
+    """
+    name, plans, dataset_json = load_plans(dataset, plans_identifier)
+    if configuration not in plans["configurations"]:
+        raise DatasetError(f"plans {plans_identifier} of {name} have no configuration {configuration!r}; "
+                           f"available: {sorted(plans['configurations'])}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise DatasetError("--device cuda requested but torch.cuda.is_available() is false; use --device cpu")
+    cls = trainer_class(options)
+    if trainer_name:
+        cls = type(trainer_name, (cls,), {"__module__": cls.__module__})
+    trainer = cls(plans, configuration, fold, dataset_json, torch.device(device))
+    trainer.set_options(options)
+    return trainer
+
+
+def train_fold(dataset: str | int, *, configuration: str = "3d_fullres", fold: int | str = 0,
+               plans_identifier: str = "nnUNetPlans", options: TrainOptions | None = None,
+               device: str = "cpu", threads: int | None = None, seed: int = 12345,
+               trainer_name: str | None = None) -> FoldResult:
+    """Train one fold with nnU-Net's loop, then evaluate its held-out cases."""
+    options = options or TrainOptions()
+    if threads:
+        torch.set_num_threads(threads)
+    os.environ.setdefault("nnUNet_n_proc_DA", str(options.num_workers))
+    os.environ.setdefault("nnUNet_compile", "false" if device == "cpu" else "true")
+    seed_everything(seed)
+    trainer = make_trainer(dataset, configuration=configuration, fold=fold, plans_identifier=plans_identifier,
+                           options=options, device=device, trainer_name=trainer_name)
+    out = Path(trainer.output_folder)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train_options.json").write_text(json.dumps(options.to_json(), indent=1))
+    (out / "network_config.json").write_text(trainer.network_config.model_dump_json(indent=1))
+    logger.info("training fold %s of %s (%s, %s): %d epochs x %d iterations on %s", fold, trainer.plans_manager.dataset_name,
+                configuration, plans_identifier, options.epochs, options.iters_per_epoch, device)
+    trainer.run_training()
+    metrics = trainer.perform_actual_validation() if options.evaluate else {}
+    return FoldResult(fold, out, out / "checkpoint_final.pth", list(trainer.history), metrics)
+
+
+def fold_output_folder(dataset: str | int, *, configuration: str, fold: int | str, plans_identifier: str,
+                       da5: bool = False, trainer_name: str | None = None) -> Path:
+    """Where nnU-Net writes a fold (``nnUNet_results/DATASET/TRAINER__PLANS__CONFIG/fold_F``)."""
+    paths = current()
+    name = resolve_dataset(dataset, paths)
+    trainer = trainer_name or ("MultiTaskTrainerDA5" if da5 else "MultiTaskTrainer")
+    return paths.results / name / f"{trainer}__{plans_identifier}__{configuration}" / f"fold_{fold}"
