@@ -19,9 +19,16 @@ _ARCH_IMPORTS = ["conv_op", "norm_op", "dropout_op", "nonlin"]
 
 def tiny_plans(*, patch_size: tuple[int, int, int] = (32, 64, 64),
                spacing: tuple[float, float, float] = (2.0, 1.5, 1.5),
-               features: tuple[int, ...] = (8, 16, 32, 64)) -> dict[str, Any]:
-    """An nnU-Net v2 plans dict (PlainConvUNet, one ``3d_fullres`` configuration) for tiny networks."""
+               features: tuple[int, ...] = (8, 16, 32, 64), residual: bool = False,
+               convs_per_stage: int = 2) -> dict[str, Any]:
+    """An nnU-Net v2 plans dict (one ``3d_fullres`` configuration) for tiny networks.
+
+    ``residual`` selects ResidualEncoderUNet (``convs_per_stage`` residual blocks per encoder stage) instead
+    of PlainConvUNet (``convs_per_stage`` convolutions per stage).
+    """
     n = len(features)
+    cls, blocks_key = (("ResidualEncoderUNet", "n_blocks_per_stage") if residual
+                       else ("PlainConvUNet", "n_conv_per_stage"))
     strides = [[1, 1, 1]] + [[1, 2, 2]] + [[2, 2, 2]] * (n - 2)
     kernels = [[1, 3, 3]] + [[3, 3, 3]] * (n - 1)
     resample = {"order_z": 0, "force_separate_z": None}
@@ -41,15 +48,15 @@ def tiny_plans(*, patch_size: tuple[int, int, int] = (32, 64, 64),
         "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
         "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, **resample},
         "architecture": {
-            "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+            "network_class_name": f"dynamic_network_architectures.architectures.unet.{cls}",
             "arch_kwargs": {
                 "n_stages": n,
                 "features_per_stage": list(features),
                 "conv_op": "torch.nn.modules.conv.Conv3d",
                 "kernel_sizes": kernels,
                 "strides": strides,
-                "n_conv_per_stage": [2] * n,
-                "n_conv_per_stage_decoder": [2] * (n - 1),
+                blocks_key: [convs_per_stage] * n,
+                "n_conv_per_stage_decoder": [convs_per_stage] * (n - 1),
                 "conv_bias": True,
                 "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
                 "norm_op_kwargs": {"eps": 1e-05, "affine": True},
