@@ -18,7 +18,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from optimize.data import list_cases, phantom_patches
+from optimize.data import Case, list_cases, phantom_patches
 from optimize.distill import DistillConfig
 from optimize.recipes import OptimizeOptions, optimize_bundle
 from optimize.report import VariantRow, measure_variant, write_report
@@ -28,11 +28,27 @@ logger = logging.getLogger(__name__)
 #: (variant name, recipe chain or None for the input bundle, fine-tune steps, [(backend, precision), ...])
 CHAINS: list[tuple[str, str | None, int, list[tuple[str, str]]]] = [
     ("teacher", None, 0, [("torch", "fp32")]),
-    ("onnx-int8", "onnx,fp16,int8", 0, [("onnxruntime", "fp32"), ("onnxruntime", "int8")]),
-    ("pruned-0.5", "prune:0.5,onnx,int8", 60, [("torch", "fp32"), ("onnxruntime", "fp32")]),
-    ("pruned-0.3", "prune:0.3,onnx", 80, [("torch", "fp32"), ("onnxruntime", "fp32")]),
-    ("distilled-w0.5", "distill:width=0.5,onnx", 60, [("torch", "fp32"), ("onnxruntime", "fp32")]),
+    ("onnx-int8", "onnx,int8", 0, [("onnxruntime", "fp32"), ("onnxruntime", "int8")]),
+    ("pruned-0.5", "prune:0.5,onnx", 1000, [("torch", "fp32"), ("onnxruntime", "fp32")]),
+    ("pruned-0.3", "prune:0.3,onnx", 1000, [("torch", "fp32"), ("onnxruntime", "fp32")]),
 ]
+
+#: data sizes of the optimize runs (``pancreas optimize`` flags): INT8 calibration on 16 train cases × 2
+#: patches, fine-tuning on 48 train cases × 8 patches (2/3 on foreground, 1/3 of those on lesions)
+BUILD = {"calib_cases": 16, "calib_per_case": 2, "val_cases": 6, "train_cases": 48, "train_per_case": 8}
+
+
+def build_command(bundle: Path, chain: str, data: Path, steps: int, out: Path) -> str:
+    """The ``pancreas optimize`` command line that builds one variant (as recorded in the report)."""
+    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in BUILD.items())
+    return (f"OMP_NUM_THREADS=1 pancreas optimize {bundle} --recipe {chain} --data {data} --steps {steps} "
+            f"{flags} --out {out}")
+
+
+def held_out_cases(data: Path, per_subtype: int) -> list[Case]:
+    """The first ``per_subtype`` cases of every subtype of ``data/validation`` (balanced held-out set)."""
+    cases = list_cases(data, "validation")
+    return [c for k in sorted({c.subtype for c in cases}) for c in [c for c in cases if c.subtype == k][:per_subtype]]
 
 
 def train_teacher(out: Path, data: Path, *, patch: tuple[int, int, int], steps: int, seed: int = 0) -> Path:
@@ -60,13 +76,14 @@ def train_teacher(out: Path, data: Path, *, patch: tuple[int, int, int], steps: 
     return out
 
 
-def run(bundle: Path, data: Path, workdir: Path, *, threads: int, max_cases: int, report: Path,
+def run(bundle: Path, data: Path, workdir: Path, *, threads: int, per_subtype: int, report: Path,
         teacher_note: str, only: list[str] | None = None) -> list[VariantRow]:
-    cases = list_cases(data, "validation")[:max_cases]
+    import torch
+
+    torch.set_num_threads(threads)  # also bounds the engine's torch pre/postprocessing
+    cases = held_out_cases(data, per_subtype)
     load0 = os.getloadavg()[0]
     rows: list[VariantRow] = []
-    options = OptimizeOptions(data=data, val_cases=6, calib_cases=12, calib_per_case=2, train_cases=24,
-                              train_per_case=6)
     for name, chain, steps, measures in CHAINS:
         if only and name not in only:
             continue
@@ -74,20 +91,31 @@ def run(bundle: Path, data: Path, workdir: Path, *, threads: int, max_cases: int
         command = f"(input bundle) {bundle}"
         if chain is not None:
             target = workdir / name
-            command = (f"pancreas optimize {bundle} --recipe {chain} --data {data} --steps {steps} --calib-cases 12 "
-                       f"--train-cases 24 --train-per-case 6 --out {target}")
+            command = build_command(bundle, chain, data, steps, target)
             if not (target / "configs" / "metadata.json").is_file():
                 t0 = time.perf_counter()
-                finetune = DistillConfig(steps=steps, batch=2, lr=1e-3)
-                optimize_bundle(bundle, chain, target, options=replace(options, command=command, finetune=finetune))
+                options = OptimizeOptions(data=data, command=command, finetune=DistillConfig(steps=steps), **BUILD)
+                optimize_bundle(bundle, chain, target, options=options)
                 logger.info("%s built in %.0f s", name, time.perf_counter() - t0)
         for backend, precision in measures:
             rows.append(measure_variant(target, name=name, command=command, backend=backend, precision=precision,
                                         cases=cases, threads=threads))
             logger.info("measured %s", rows[-1])
+    rows = _merge(report, rows) if only else rows
     write_report(rows, report, title="Optimization results (CPU, this machine)",
-                 preamble=_preamble(teacher_note, threads, len(cases), load0), notes=_notes(rows, workdir))
+                 preamble=_preamble(teacher_note, threads, len(cases), load0), notes=_notes(rows, workdir, report))
     return rows
+
+
+def _merge(report: Path, rows: list[VariantRow]) -> list[VariantRow]:
+    """The rows already in ``<report>.json``, with the newly measured ones replacing or following them."""
+    import json
+
+    path = report.with_suffix(".json")
+    old = [VariantRow(**r) for r in json.loads(path.read_text())] if path.is_file() else []
+    key = lambda r: (r.name, r.backend, r.precision)
+    new = {key(r): r for r in rows}
+    return [new.pop(key(r), r) for r in old] + list(new.values())
 
 
 def _preamble(teacher_note: str, threads: int, n_cases: int, load0: float) -> str:
@@ -167,7 +195,7 @@ def _notes(rows: list[VariantRow], workdir: Path | None = None, report: Path | N
                      f"{int8.whole_dsc - fp32.whole_dsc:+.4f}, lesion DSC {int8.lesion_dsc - fp32.lesion_dsc:+.4f}.")
     for backend, teacher in (("torch", find("teacher", "torch", "fp32")),
                              ("onnxruntime", find("onnx-int8", "onnxruntime", "fp32"))):
-        for name in ("pruned-0.5", "pruned-0.3", "distilled-w0.5"):
+        for name in [c[0] for c in CHAINS if c[1] and c[1].split(",")[0].split(":")[0] in ("prune", "distill")]:
             student = find(name, backend, "fp32")
             if teacher and student:
                 lines.append(_student_line(name, backend, teacher, student))
@@ -179,25 +207,33 @@ def _notes(rows: list[VariantRow], workdir: Path | None = None, report: Path | N
 
 #: (name, A, B): A/B per-case speedups measured alternately, A = reference (bundle variant, backend, precision)
 PAIRS = [("INT8 vs FP32 onnxruntime", ("onnx-int8", "onnxruntime", "fp32"), ("onnx-int8", "onnxruntime", "int8")),
-         ("pruned-0.3 vs teacher, torch", ("teacher", "torch", "fp32"), ("pruned-0.3", "torch", "fp32")),
+         ("pruned-0.5 vs teacher, onnxruntime", ("onnx-int8", "onnxruntime", "fp32"),
+          ("pruned-0.5", "onnxruntime", "fp32")),
+         ("pruned-0.5 vs teacher, torch", ("teacher", "torch", "fp32"), ("pruned-0.5", "torch", "fp32")),
          ("pruned-0.3 vs teacher, onnxruntime", ("onnx-int8", "onnxruntime", "fp32"),
-          ("pruned-0.3", "onnxruntime", "fp32"))]
+          ("pruned-0.3", "onnxruntime", "fp32")),
+         ("pruned-0.3 vs teacher, torch", ("teacher", "torch", "fp32"), ("pruned-0.3", "torch", "fp32"))]
 
 
-def run_pairs(data: Path, workdir: Path, report: Path, *, threads: int, max_cases: int,
-              only: list[str] | None = None) -> list[dict]:
+def run_pairs(data: Path, workdir: Path, report: Path, *, threads: int, per_subtype: int,
+              only: list[str] | None = None, teacher: Path | None = None) -> list[dict]:
     """Alternating A/B per-case timings for :data:`PAIRS`, saved next to the report (``.pairs.json``)."""
     import json
 
+    import torch
+
     from optimize.report import paired_latency
 
-    cases = list_cases(data, "validation")[:max_cases]
+    torch.set_num_threads(threads)
+    cases = held_out_cases(data, per_subtype)
+    folder = {"teacher": teacher} if teacher is not None else {}
     results = []
     for name, (va, ba, pa), (vb, bb, pb) in PAIRS:
         if only and name not in only:
             continue
-        if (workdir / va).is_dir() and (workdir / vb).is_dir():
-            res = paired_latency((workdir / va, ba, pa), (workdir / vb, bb, pb), cases, threads=threads)
+        da, db = folder.get(va, workdir / va), folder.get(vb, workdir / vb)
+        if da.is_dir() and db.is_dir():
+            res = paired_latency((da, ba, pa), (db, bb, pb), cases, threads=threads)
             results.append({"name": name, **res})
             logger.info("pair %s: %s", name, results[-1])
     path = report.with_suffix(".pairs.json")
@@ -222,12 +258,26 @@ def _pairs_notes(report: Path | None) -> list[str]:
     return lines
 
 
-def render_only(report: Path, workdir: Path, note: str) -> int:
-    """Rebuild the markdown from the measured rows (``<report>.json``) and the bundles' stage records."""
+def _built_with(bundle: Path) -> str | None:
+    """The command recorded in a built bundle's provenance (what really made it)."""
     import json
 
-    rows = [VariantRow(**r) for r in json.loads(report.with_suffix(".json").read_text())]
-    write_report(rows, report, title="Optimization results (CPU, this machine)", preamble=note,
+    meta = bundle / "configs" / "metadata.json"
+    command = json.loads(meta.read_text())["provenance"].get("command") if meta.is_file() else None
+    return f"OMP_NUM_THREADS=1 {command}" if command else None
+
+
+def render_only(report: Path, workdir: Path, note: str) -> int:
+    """Rebuild the markdown from the measured rows (``<report>.json``), the paired timings and the stage
+    records, keeping the measured run's preamble and adding ``note`` after it."""
+    import json
+
+    rows = [replace(VariantRow(**r), command=_built_with(workdir / r["name"]) or r["command"])
+            for r in json.loads(report.with_suffix(".json").read_text())]
+    old = report.read_text().split("\n\n| variant |")[0].split("\n\n", 1) if report.is_file() else ["", ""]
+    kept = old[-1].strip() if len(old) > 1 else ""
+    preamble = "\n\n".join(p for p in (kept, "" if note.strip() in kept else note.strip()) if p)
+    write_report(rows, report, title="Optimization results (CPU, this machine)", preamble=preamble,
                  notes=_notes(rows, workdir, report))
     return 0
 
@@ -241,16 +291,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--teacher-steps", type=int, default=400)
     parser.add_argument("--patch", type=int, nargs=3, default=(40, 48, 80))
     parser.add_argument("--only", nargs="*", default=None, help="variant names of CHAINS to run (default: all)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--max-cases", type=int, default=9)
+    parser.add_argument("--threads", type=int, default=1, help="threads per backend (and for torch pre/post)")
+    parser.add_argument("--per-subtype", type=int, default=4, help="held-out validation cases per subtype")
     parser.add_argument("--render-only", action="store_true", help="re-render the report from its JSON twin")
     parser.add_argument("--pairs", action="store_true", help="only the alternating A/B per-case timings (PAIRS)")
     parser.add_argument("--note", default="", help="extra preamble text (render-only)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.pairs:
-        run_pairs(args.data, args.workdir, args.report, threads=args.threads, max_cases=args.max_cases,
-                  only=args.only)
+        run_pairs(args.data, args.workdir, args.report, threads=args.threads, per_subtype=args.per_subtype,
+                  only=args.only, teacher=args.bundle)
         return 0
     if args.render_only:
         return render_only(args.report, args.workdir, args.note)
@@ -262,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
             train_teacher(bundle, args.data, patch=tuple(args.patch), steps=args.teacher_steps)
         note = (f"Teacher: no trained demo bundle existed when this ran, so a small teacher was trained on the "
                 f"phantoms ({args.teacher_steps} steps, `optimize.benchmark.train_teacher`).")
-    run(bundle, args.data, args.workdir, threads=args.threads, max_cases=args.max_cases, report=args.report,
+    run(bundle, args.data, args.workdir, threads=args.threads, per_subtype=args.per_subtype, report=args.report,
         teacher_note=note, only=args.only)
     return 0
 

@@ -111,14 +111,20 @@ def _pad(x: np.ndarray, patch: tuple[int, ...], value: float) -> np.ndarray:
 
 
 def sample_from_case(image: np.ndarray, labels: np.ndarray, patch: tuple[int, ...], n: int,
-                     rng: np.random.Generator, fg_fraction: float = 0.67) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` patches of ``patch`` size (images, labels), a ``fg_fraction`` share centred on foreground."""
+                     rng: np.random.Generator, fg_fraction: float = 0.67,
+                     lesion_fraction: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` patches of ``patch`` size (images, labels), a ``fg_fraction`` share centred on foreground.
+
+    The first ``lesion_fraction`` share of the patches is centred on lesion voxels (label 2) when the case
+    has any, so small lesions are seen often enough during fine-tuning.
+    """
     image, labels = _pad(image, patch, float(image.min())), _pad(labels, patch, 0)
-    fg = np.argwhere(labels > 0)
+    fg, lesion = np.argwhere(labels > 0), np.argwhere(labels == 2)
     imgs, labs = [], []
     for i in range(n):
-        if len(fg) and i < round(n * fg_fraction):
-            center = fg[rng.integers(len(fg))]
+        pool = lesion if len(lesion) and i < round(n * lesion_fraction) else fg
+        if len(pool) and i < round(n * max(fg_fraction, lesion_fraction)):
+            center = pool[rng.integers(len(pool))]
             start = [int(np.clip(c - p // 2, 0, s - p)) for c, p, s in zip(center, patch, image.shape)]
         else:
             start = [int(rng.integers(0, s - p + 1)) for p, s in zip(patch, image.shape)]
@@ -129,7 +135,8 @@ def sample_from_case(image: np.ndarray, labels: np.ndarray, patch: tuple[int, ..
 
 
 def phantom_patches(bundle: Any, root: str | Path, *, split: str = "train", max_cases: int = 8,
-                    per_case: int = 2, seed: int = 0, fg_fraction: float = 0.67) -> PatchSet:
+                    per_case: int = 2, seed: int = 0, fg_fraction: float = 0.67,
+                    lesion_fraction: float = 0.0) -> PatchSet:
     """Patches from up to ``max_cases`` preprocessed cases of ``root/split`` (deterministic for ``seed``)."""
     patch = tuple(int(p) for p in bundle.configuration["patch_size"])
     rng = np.random.default_rng(seed)
@@ -138,7 +145,7 @@ def phantom_patches(bundle: Any, root: str | Path, *, split: str = "train", max_
     images, labels, subtypes = [], [], []
     for case in picked:
         img, lab = preprocess_case(bundle, case)
-        x, y = sample_from_case(img, lab, patch, per_case, rng, fg_fraction)
+        x, y = sample_from_case(img, lab, patch, per_case, rng, fg_fraction, lesion_fraction)
         images.append(x)
         labels.append(y)
         subtypes += [case.subtype] * per_case

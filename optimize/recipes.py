@@ -63,6 +63,8 @@ class OptimizeOptions:
     val_per_case: int = 2
     train_cases: int = 12
     train_per_case: int = 4
+    train_fg_fraction: float = 0.67
+    train_lesion_fraction: float = 0.33
     parity_patches: int = 4
     fold: int | str | None = None
     seed: int = 0
@@ -140,8 +142,10 @@ class State:
                  o.train_per_case, 2), "val": ("validation", o.val_cases, o.val_per_case, 3)}
         if purpose not in self._patches:
             split, cases, per_case, salt = sizes[purpose]
+            bias = {"fg_fraction": o.train_fg_fraction, "lesion_fraction": o.train_lesion_fraction} \
+                if purpose == "train" else {}
             self._patches[purpose] = phantom_patches(self.bundle, self.data_root(), split=split, max_cases=cases,
-                                                     per_case=per_case, seed=o.seed + salt)
+                                                     per_case=per_case, seed=o.seed + salt, **bias)
         return self._patches[purpose]
 
     def close(self) -> None:
