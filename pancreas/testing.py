@@ -87,6 +87,20 @@ def tiny_plans(*, patch_size: tuple[int, int, int] = (32, 64, 64),
     }
 
 
+def write_nifti(path: str | Path, array: Any, header: dict[str, Any]) -> Path:
+    """Write ``array`` (numpy ``(z, y, x)``) as a compressed NIfTI with ``header`` keys spacing/origin/direction."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from pancreas.nifti import write_image
+
+    image = sitk.GetImageFromArray(np.asarray(array))
+    image.SetSpacing(header["spacing"])
+    image.SetOrigin(header["origin"])
+    image.SetDirection(tuple(float(v) for v in header["direction"]))
+    return write_image(image, path)
+
+
 def tiny_dataset_json(num_training: int = 0) -> dict[str, Any]:
     return {"channel_names": {"0": "CT"}, "labels": dict(LABELS), "numTraining": num_training,
             "file_ending": ".nii.gz", "name": "RandomTiny"}

@@ -16,6 +16,7 @@ import SimpleITK as sitk
 from pancreas.cli import main
 from pancreas.errors import DatasetError
 from pancreas.nifti import canonicalize, read_image
+from pancreas.testing import write_nifti as write
 from training.convert import convert_nnunet_raw, convert_quiz
 from training.subtypes import read_quiz_splits, read_subtype_rows, read_subtypes
 
@@ -43,16 +44,6 @@ HEADERS = {
     },
     "oblique": {"spacing": (0.9, 0.6, 3.0), "origin": (1.5, 2.5, -3.5), "direction": _oblique()},
 }
-
-
-def write(path: Path, array: np.ndarray, header: dict) -> Path:
-    image = sitk.GetImageFromArray(array)
-    image.SetSpacing(header["spacing"])
-    image.SetOrigin(header["origin"])
-    image.SetDirection(tuple(float(v) for v in header["direction"]))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sitk.WriteImage(image, str(path), useCompression=True)
-    return path
 
 
 def make_labels(seed: int) -> np.ndarray:

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 
 from pancreas.cli import main
 from pancreas.errors import DatasetError
 from pancreas.evaluation import evaluate_folders, write_subtype_csv
+from pancreas.testing import write_nifti as _write
 
 SHAPE = (10, 12, 12)  # numpy (z, y, x); spacing (z, y, x) = (2, 1, 1) mm
 HEADERS = {  # varied headers; sitk (x, y, z) order
@@ -34,15 +34,6 @@ HEADERS = {  # varied headers; sitk (x, y, z) order
     },
 }
 SUBTYPE = {"quiz_0_001": 0, "quiz_1_002": 1, "quiz_2_003": 2}
-
-
-def _write(path: Path, array: np.ndarray, header: dict) -> None:
-    image = sitk.GetImageFromArray(array)
-    image.SetSpacing(header["spacing"])
-    image.SetOrigin(header["origin"])
-    image.SetDirection(tuple(float(v) for v in header["direction"]))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sitk.WriteImage(image, str(path), useCompression=True)
 
 
 def _mask() -> np.ndarray:
