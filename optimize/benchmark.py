@@ -25,23 +25,34 @@ from optimize.report import VariantRow, measure_variant, write_report
 
 logger = logging.getLogger(__name__)
 
-#: (variant name, recipe chain or None for the input bundle, fine-tune steps, [(backend, precision), ...])
-CHAINS: list[tuple[str, str | None, int, list[tuple[str, str]]]] = [
+#: (variant name, recipe chain or None for the input bundle, fine-tune steps of the patch loop or None for
+#: nnU-Net's loop (:data:`NNUNET_FINETUNE`), [(backend, precision), ...])
+CHAINS: list[tuple[str, str | None, int | None, list[tuple[str, str]]]] = [
     ("teacher", None, 0, [("torch", "fp32")]),
     ("onnx-int8", "onnx,int8", 0, [("onnxruntime", "fp32"), ("onnxruntime", "int8")]),
     ("pruned-0.5", "prune:0.5,onnx", 1000, [("torch", "fp32"), ("onnxruntime", "fp32")]),
     ("pruned-0.3", "prune:0.3,onnx", 1000, [("torch", "fp32"), ("onnxruntime", "fp32")]),
+    ("pruned-0.3-nnunet", "prune:0.3,onnx,int8", None,
+     [("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8")]),
+    ("pruned-0.5-nnunet", "prune:0.5,onnx", None, [("torch", "fp32"), ("onnxruntime", "fp32")]),
+    ("distill-convs1-nnunet", "distill:convs=1,onnx", None, [("torch", "fp32"), ("onnxruntime", "fp32")]),
 ]
+
+#: fine-tuning through the training package (``pancreas optimize --finetune-dataset``): the demo's own
+#: preprocessed nnU-Net dataset (``runs/demo/TRAIN_COMMAND``), 60 epochs x 25 iterations, 2 threads
+NNUNET_FINETUNE = ("--finetune-dataset 501 --finetune-workdir runs/demo/work --finetune-plans nnUNetPlansTiny "
+                   "--epochs 60 --iters-per-epoch 25 --threads 2")
 
 #: data sizes of the optimize runs (``pancreas optimize`` flags): INT8 calibration on 16 train cases × 2
 #: patches, fine-tuning on 48 train cases × 8 patches (2/3 on foreground, 1/3 of those on lesions)
 BUILD = {"calib_cases": 16, "calib_per_case": 2, "val_cases": 6, "train_cases": 48, "train_per_case": 8}
 
 
-def build_command(bundle: Path, chain: str, data: Path, steps: int, out: Path) -> str:
+def build_command(bundle: Path, chain: str, data: Path, steps: int | None, out: Path) -> str:
     """The ``pancreas optimize`` command line that builds one variant (as recorded in the report)."""
     flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in BUILD.items())
-    return (f"OMP_NUM_THREADS=1 pancreas optimize {bundle} --recipe {chain} --data {data} --steps {steps} "
+    finetune = f"--steps {steps}" if steps is not None else NNUNET_FINETUNE
+    return (f"OMP_NUM_THREADS=1 pancreas optimize {bundle} --recipe {chain} --data {data} {finetune} "
             f"{flags} --out {out}")
 
 
@@ -92,11 +103,15 @@ def run(bundle: Path, data: Path, workdir: Path, *, threads: int, per_subtype: i
         if chain is not None:
             target = workdir / name
             command = build_command(bundle, chain, data, steps, target)
+            if not (target / "configs" / "metadata.json").is_file() and steps is None:
+                logger.warning("%s is not built: build it with `%s` (nnU-Net fine-tune), then re-run", name, command)
+                continue
             if not (target / "configs" / "metadata.json").is_file():
                 t0 = time.perf_counter()
                 options = OptimizeOptions(data=data, command=command, finetune=DistillConfig(steps=steps), **BUILD)
                 optimize_bundle(bundle, chain, target, options=options)
                 logger.info("%s built in %.0f s", name, time.perf_counter() - t0)
+            command = _built_with(target) or command
         for backend, precision in measures:
             rows.append(measure_variant(target, name=name, command=command, backend=backend, precision=precision,
                                         cases=cases, threads=threads))
@@ -212,7 +227,14 @@ PAIRS = [("INT8 vs FP32 onnxruntime", ("onnx-int8", "onnxruntime", "fp32"), ("on
          ("pruned-0.5 vs teacher, torch", ("teacher", "torch", "fp32"), ("pruned-0.5", "torch", "fp32")),
          ("pruned-0.3 vs teacher, onnxruntime", ("onnx-int8", "onnxruntime", "fp32"),
           ("pruned-0.3", "onnxruntime", "fp32")),
-         ("pruned-0.3 vs teacher, torch", ("teacher", "torch", "fp32"), ("pruned-0.3", "torch", "fp32"))]
+         ("pruned-0.3 vs teacher, torch", ("teacher", "torch", "fp32"), ("pruned-0.3", "torch", "fp32")),
+         *[(f"{v} vs teacher, {b}", ("teacher", "torch", "fp32") if b == "torch" else ("onnx-int8", b, "fp32"),
+            (v, b, "fp32")) for v in ("pruned-0.3-nnunet", "pruned-0.5-nnunet", "distill-convs1-nnunet")
+           for b in ("onnxruntime", "torch")],
+         ("pruned-0.3-nnunet INT8 vs teacher FP32, onnxruntime", ("onnx-int8", "onnxruntime", "fp32"),
+          ("pruned-0.3-nnunet", "onnxruntime", "int8")),
+         ("pruned-0.3-nnunet INT8 onnxruntime vs teacher torch", ("teacher", "torch", "fp32"),
+          ("pruned-0.3-nnunet", "onnxruntime", "int8"))]
 
 
 def run_pairs(data: Path, workdir: Path, report: Path, *, threads: int, per_subtype: int,
@@ -259,12 +281,18 @@ def _pairs_notes(report: Path | None) -> list[str]:
 
 
 def _built_with(bundle: Path) -> str | None:
-    """The command recorded in a built bundle's provenance (what really made it)."""
+    """The command recorded in a built bundle's provenance (what really made it).
+
+    Patch-loop builds ran under ``OMP_NUM_THREADS=1`` (not part of argv, so added here); nnU-Net-loop
+    builds set their threads with ``--threads``.
+    """
     import json
 
     meta = bundle / "configs" / "metadata.json"
     command = json.loads(meta.read_text())["provenance"].get("command") if meta.is_file() else None
-    return f"OMP_NUM_THREADS=1 {command}" if command else None
+    if not command:
+        return None
+    return command if "--finetune-dataset" in command else f"OMP_NUM_THREADS=1 {command}"
 
 
 def render_only(report: Path, workdir: Path, note: str) -> int:

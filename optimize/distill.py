@@ -5,9 +5,13 @@ The loss mixes, with weight ``alpha`` on the teacher::
     alpha * T² (KL(seg_t/T ‖ seg_s/T) + cls_weight · KL(cls_t/T ‖ cls_s/T))
     + (1 - alpha) * (CE(seg_s, labels) + soft Dice(seg_s, labels) + cls_weight · CE(cls_s, subtype))
 
-The same loop fine-tunes a pruned network (teacher = the unpruned one). It is a short, self-contained
-loop on preprocessed phantom patches (:mod:`optimize.data`) with random flips, not nnU-Net's trainer:
-the training package's trainer runs whole nnU-Net experiments and has no distillation hook.
+The same loss fine-tunes a pruned network (teacher = the unpruned one). Two loops run it:
+
+* :func:`finetune_nnunet` (preferred, ``NnUNetFinetune``): the training package's
+  :class:`training.distillation.DistillationTrainer`, i.e. nnU-Net's loop with its augmentation, lesion
+  oversampling and deep supervision, on a preprocessed nnU-Net dataset planned like the bundle;
+* :func:`finetune`: a short, self-contained loop on preprocessed phantom patches (:mod:`optimize.data`)
+  with random flips, for when no preprocessed dataset is at hand (tests, quick checks).
 A width-reduced student starts from the teacher's magnitude-pruned weights (``init="teacher"``), tensors
 whose names and shapes match are copied; ``init="random"`` starts from He initialization.
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -69,6 +74,23 @@ class DistillConfig:
     seed: int = 0
 
 
+@dataclass(frozen=True)
+class NnUNetFinetune:
+    """Fine-tune with nnU-Net's loop on preprocessed ``dataset`` under ``workdir`` (``pancreas plan`` output)."""
+
+    dataset: str
+    workdir: Path
+    plans: str = "nnUNetPlans"
+    fold: str = "quiz"
+    epochs: int = 40
+    iters_per_epoch: int = 25
+    lr: float = 1e-3
+    warmup_epochs: int = 1
+    device: str = "cpu"
+    threads: int | None = None
+    workers: int = 0
+
+
 def student_config(plans: dict[str, Any], config: NetworkConfig, spec: StudentSpec) -> NetworkConfig:
     """The teacher's config with ``features_per_stage`` scaled and, optionally, fewer convs per stage."""
     from pancreas.network import architecture_kwargs
@@ -111,7 +133,6 @@ def distillation_loss(student_out: tuple[Any, Any], teacher_out: tuple[Any, Any]
     import torch.nn.functional as F
 
     seg, cls = student_out
-    t = config.temperature
     seg_ce = F.cross_entropy(seg, labels)
     prob = seg.softmax(1)
     onehot = F.one_hot(labels, seg.shape[1]).movedim(-1, 1).float()
@@ -122,13 +143,11 @@ def distillation_loss(student_out: tuple[Any, Any], teacher_out: tuple[Any, Any]
     parts = {"seg_ce": seg_ce.item(), "dice": dice.item(), "cls_ce": cls_ce.item()}
     if teacher_out is None:
         return hard, parts
-    seg_t, cls_t = teacher_out
-    seg_kl = F.kl_div(F.log_softmax(seg / t, 1), F.log_softmax(seg_t / t, 1), log_target=True,
-                      reduction="none").sum(1).mean() * t * t
-    cls_kl = F.kl_div(F.log_softmax(cls / t, 1), F.log_softmax(cls_t / t, 1), log_target=True,
-                      reduction="batchmean") * t * t
-    soft = seg_kl + config.cls_weight * cls_kl
-    parts.update(seg_kl=seg_kl.item(), cls_kl=cls_kl.item())
+    from training.losses import distillation_kl
+
+    soft, kl_parts = distillation_kl(seg, cls, *teacher_out, temperature=config.temperature,
+                                     cls_weight=config.cls_weight)
+    parts.update({k: v.item() for k, v in kl_parts.items()})
     return config.alpha * soft + (1 - config.alpha) * hard, parts
 
 
@@ -182,3 +201,37 @@ def distill(teacher: Any, plans: dict[str, Any], config: NetworkConfig, data: Pa
     student, cfg = build_student(teacher, plans, config, spec, patch_size)
     history = finetune(student, teacher, data, config=distill_config)
     return student, cfg, history
+
+
+def finetune_nnunet(student: Any, teacher: Any, plans: dict[str, Any], config: NetworkConfig, *,
+                    nnunet: NnUNetFinetune, distill_config: DistillConfig = DistillConfig(),
+                    tag: str = "student") -> tuple[Any, dict[str, Any]]:
+    """Distil ``teacher`` into ``student`` (shape ``config``) with the training package; returns (student, summary).
+
+    The student starts from its current weights; ``plans`` (the bundle's) must match the dataset's plans.
+    """
+    from training.distillation import DistillationOptions, distill_fold
+    from training.nnunet_env import configure
+    from training.trainer import TrainOptions
+
+    configure(nnunet.workdir)
+    options = TrainOptions(head=config.head, epochs=nnunet.epochs, iters_per_epoch=nnunet.iters_per_epoch,
+                           val_iters=2, optimizer="adamw", initial_lr=nnunet.lr, warmup_epochs=nnunet.warmup_epochs,
+                           cls_weight=distill_config.cls_weight, num_workers=nnunet.workers,
+                           save_every=max(1, nnunet.epochs), evaluate=False)
+    kd = DistillationOptions(alpha=distill_config.alpha, temperature=distill_config.temperature,
+                             cls_weight=distill_config.cls_weight)
+    fold: int | str = int(nnunet.fold) if str(nnunet.fold).isdigit() else nnunet.fold
+    trained, result = distill_fold(nnunet.dataset, teacher, config, init_state=student.state_dict(),
+                                   plans_identifier=nnunet.plans, fold=fold, options=options, distillation=kd,
+                                   device=nnunet.device, threads=nnunet.threads, seed=distill_config.seed,
+                                   tag=tag, bundle_plans=plans)
+    hist = result.history
+    summary = {"engine": "nnunet", "dataset": nnunet.dataset, "plans": nnunet.plans, "fold": nnunet.fold,
+               "epochs": len(hist), "iters_per_epoch": nnunet.iters_per_epoch, "lr": nnunet.lr,
+               "steps": len(hist) * nnunet.iters_per_epoch, "alpha": kd.alpha, "temperature": kd.temperature,
+               "loss_first": round(hist[0]["train_loss"], 4) if hist else None,
+               "loss_last": round(hist[-1]["train_loss"], 4) if hist else None,
+               "pseudo_dice_last": [round(hist[-1]["dice_pancreas"], 4), round(hist[-1]["dice_lesion"], 4)]
+               if hist else None, "output_folder": str(result.output_folder)}
+    return trained, summary

@@ -24,7 +24,7 @@ from typing import Any
 from optimize import stages
 from optimize.compile import CompileConfig
 from optimize.data import PatchSet, phantom_patches
-from optimize.distill import DistillConfig
+from optimize.distill import DistillConfig, NnUNetFinetune
 from optimize.export_onnx import OnnxExportConfig
 from optimize.fp16 import Fp16Config
 from optimize.quantize import Int8Config
@@ -72,6 +72,7 @@ class OptimizeOptions:
     fp16: Fp16Config = field(default_factory=Fp16Config)
     int8: Int8Config = field(default_factory=Int8Config)
     finetune: DistillConfig = field(default_factory=DistillConfig)
+    nnunet: NnUNetFinetune | None = None  # fine-tune prune/distill with nnU-Net's loop (training package)
     trt: TrtBuildConfig = field(default_factory=TrtBuildConfig)
     compile: CompileConfig = field(default_factory=CompileConfig)
     command: str | None = None
@@ -253,5 +254,7 @@ def _recommended(artifacts: list[Artifact]) -> dict[str, str]:
 def options_dict(options: OptimizeOptions) -> dict[str, Any]:
     d = asdict(options)
     d["data"] = str(options.data) if options.data else None
+    if options.nnunet is not None:
+        d["nnunet"]["workdir"] = str(options.nnunet.workdir)
     return d
 

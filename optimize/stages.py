@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pancreas.bundle import Artifact
 
@@ -98,10 +98,17 @@ def int8(state: State, recipe: Recipe) -> None:
                  int8_config=asdict(config))
 
 
-def _finetune(state: State, student: object) -> list[float]:
-    from optimize.distill import finetune
+def _finetune(state: State, student: Any, config: Any, tag: str) -> tuple[Any, dict[str, Any]]:
+    """Distillation fine-tune of ``student`` (teacher: the current network); nnU-Net's loop when configured."""
+    from optimize.distill import finetune, finetune_nnunet
 
-    return finetune(student, state.net, state.patches("train"), config=state.options.finetune)
+    kd = state.options.finetune
+    if state.options.nnunet is not None:
+        return finetune_nnunet(student, state.net, state.bundle.plans, config, nnunet=state.options.nnunet,
+                               distill_config=kd, tag=tag)
+    losses = finetune(student, state.net, state.patches("train"), config=kd)
+    return student, {"engine": "patches", "steps": len(losses), "loss_first": round(losses[0], 4),
+                     "loss_last": round(losses[-1], 4), **asdict(kd)}
 
 
 def prune(state: State, recipe: Recipe) -> None:
@@ -117,29 +124,26 @@ def prune(state: State, recipe: Recipe) -> None:
     t0 = time.perf_counter()
     result = prune_network(state.net, state.bundle.plans, state.config, state.patch,
                            prune_config=PruneConfig(ratio=ratio))
-    losses = _finetune(state, result.net)
+    net, summary = _finetune(state, result.net, result.config, f"prune_{ratio}")
     reference = torch_runner(state.net)
-    state.net, state.config = result.net, result.config
-    state.record(recipe, "fp32", None, reference=reference, candidate=torch_runner(result.net),
+    state.net, state.config = net, result.config
+    state.record(recipe, "fp32", None, reference=reference, candidate=torch_runner(net),
                  reference_name="torch fp32 (unpruned teacher)", seconds=time.perf_counter() - t0,
-                 structure=result.to_dict(), finetune={"steps": len(losses), "loss_first": round(losses[0], 4),
-                                                       "loss_last": round(losses[-1], 4),
-                                                       **asdict(state.options.finetune)})
+                 structure=result.to_dict(), finetune=summary)
 
 
 def distill(state: State, recipe: Recipe) -> None:
     """Distil the current network into a narrower/shallower student (distill:width=0.5:convs=1)."""
     import torch
 
-    from optimize.distill import StudentSpec
-    from optimize.distill import distill as run_distill
+    from optimize.distill import StudentSpec, build_student
     from optimize.prune import count_macs, count_parameters
     from optimize.runners import torch_runner
 
     spec = StudentSpec.parse(recipe.arg)
     t0 = time.perf_counter()
-    student, config, losses = run_distill(state.net, state.bundle.plans, state.config, state.patches("train"),
-                                          spec=spec, distill_config=state.options.finetune, patch_size=state.patch)
+    student, config = build_student(state.net, state.bundle.plans, state.config, spec, state.patch)
+    student, summary = _finetune(state, student, config, f"distill_{recipe.arg or 'default'}")
     example = torch.zeros(1, 1, *state.patch)
     structure = {"params_before": count_parameters(state.net), "params_after": count_parameters(student),
                  "gmacs_before": round(count_macs(state.net, example) / 1e9, 3),
@@ -149,8 +153,7 @@ def distill(state: State, recipe: Recipe) -> None:
     state.net, state.config = student, config
     state.record(recipe, "fp32", None, reference=reference, candidate=torch_runner(student),
                  reference_name="torch fp32 (teacher)", seconds=time.perf_counter() - t0, structure=structure,
-                 finetune={"steps": len(losses), "loss_first": round(losses[0], 4), "loss_last": round(losses[-1], 4),
-                           **asdict(state.options.finetune)})
+                 finetune=summary)
 
 
 def tensorrt(state: State, recipe: Recipe) -> None:

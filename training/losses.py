@@ -140,3 +140,20 @@ def lesion_presence_weight(target: Tensor, lesion_label: int, absent_weight: flo
     present = (target == lesion_label).flatten(1).any(1)
     return torch.where(present, torch.ones_like(present, dtype=torch.float32),
                        torch.full_like(present, absent_weight, dtype=torch.float32))
+
+
+def distillation_kl(seg: Tensor, cls: Tensor, seg_teacher: Tensor, cls_teacher: Tensor, *,
+                    temperature: float = 2.0, cls_weight: float = 0.5) -> tuple[Tensor, dict[str, Tensor]]:
+    """Hinton's soft-target term ``T² (KL(seg_t ‖ seg) + cls_weight · KL(cls_t ‖ cls))`` at temperature ``T``.
+
+    ``seg``/``seg_teacher`` are ``[B,C,*S]`` logits (KL summed over classes, averaged over voxels);
+    ``cls``/``cls_teacher`` are ``[B,K]`` logits. Returns the term and its two parts (detached).
+    """
+    if temperature <= 0:
+        raise PancreasError(f"distillation temperature must be > 0, got {temperature}")
+    t = temperature
+    seg_kl = F.kl_div(F.log_softmax(seg.float() / t, 1), F.log_softmax(seg_teacher.float() / t, 1),
+                      log_target=True, reduction="none").sum(1).mean() * t * t
+    cls_kl = F.kl_div(F.log_softmax(cls.float() / t, 1), F.log_softmax(cls_teacher.float() / t, 1),
+                      log_target=True, reduction="batchmean") * t * t
+    return seg_kl + cls_weight * cls_kl, {"seg_kl": seg_kl.detach(), "cls_kl": cls_kl.detach()}

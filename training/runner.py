@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,8 +50,9 @@ def seed_everything(seed: int) -> None:
 
 
 def make_trainer(dataset: str | int, *, configuration: str, fold: int | str, plans_identifier: str,
-                 options: TrainOptions, device: str = "cpu", trainer_name: str | None = None) -> MultiTaskTrainer:
-    """A configured (not yet initialized) trainer for one fold.
+                 options: TrainOptions, device: str = "cpu", trainer_name: str | None = None,
+                 trainer_cls: type[MultiTaskTrainer] | None = None) -> MultiTaskTrainer:
+    """A configured (not yet initialized) trainer for one fold (``trainer_cls`` overrides the options' class).
 
     ``trainer_name`` names a subclass (nnU-Net derives the output folder from the trainer's class name), so
     ablation variants of one dataset/plans/fold do not overwrite each other.
@@ -61,7 +63,7 @@ def make_trainer(dataset: str | int, *, configuration: str, fold: int | str, pla
                            f"available: {sorted(plans['configurations'])}")
     if device == "cuda" and not torch.cuda.is_available():
         raise DatasetError("--device cuda requested but torch.cuda.is_available() is false; use --device cpu")
-    cls = trainer_class(options)
+    cls = trainer_cls or trainer_class(options)
     if trainer_name:
         cls = type(trainer_name, (cls,), {"__module__": cls.__module__})
     trainer = cls(plans, configuration, fold, dataset_json, torch.device(device))
@@ -72,8 +74,13 @@ def make_trainer(dataset: str | int, *, configuration: str, fold: int | str, pla
 def train_fold(dataset: str | int, *, configuration: str = "3d_fullres", fold: int | str = 0,
                plans_identifier: str = "nnUNetPlans", options: TrainOptions | None = None,
                device: str = "cpu", threads: int | None = None, seed: int = 12345,
-               trainer_name: str | None = None) -> FoldResult:
-    """Train one fold with nnU-Net's loop, then evaluate its held-out cases."""
+               trainer_name: str | None = None, trainer_cls: type[MultiTaskTrainer] | None = None,
+               setup: Callable[[MultiTaskTrainer], None] | None = None) -> FoldResult:
+    """Train one fold with nnU-Net's loop, then evaluate its held-out cases.
+
+    ``trainer_cls`` picks a trainer subclass; ``setup(trainer)`` runs before ``initialize()`` (e.g. to hand a
+    :class:`training.distillation.DistillationTrainer` its teacher).
+    """
     options = options or TrainOptions()
     if threads:
         torch.set_num_threads(threads)
@@ -81,7 +88,9 @@ def train_fold(dataset: str | int, *, configuration: str = "3d_fullres", fold: i
     os.environ.setdefault("nnUNet_compile", "false" if device == "cpu" else "true")
     seed_everything(seed)
     trainer = make_trainer(dataset, configuration=configuration, fold=fold, plans_identifier=plans_identifier,
-                           options=options, device=device, trainer_name=trainer_name)
+                           options=options, device=device, trainer_name=trainer_name, trainer_cls=trainer_cls)
+    if setup is not None:
+        setup(trainer)
     out = Path(trainer.output_folder)
     out.mkdir(parents=True, exist_ok=True)
     (out / "train_options.json").write_text(json.dumps(options.to_json(), indent=1))

@@ -4,7 +4,10 @@ Recipes (comma-separated, applied in order): onnx, fp16, int8[:minmax|entropy|pe
 distill:width=F[:convs=N][:init=teacher|random], tensorrt[:fp32|fp16|int8], compile[:aoti].
 Example: pancreas optimize pancreas/demo_bundle --recipe prune:0.3,onnx,int8 --out work_dirs/opt_int8
 Calibration, parity and fine-tuning use real preprocessed phantom patches (--data, a quiz-layout folder
-with train/ and validation/; phantoms are synthesized when it is omitted).
+with train/ and validation/; phantoms are synthesized when it is omitted). With --finetune-dataset,
+prune/distill fine-tune through the training package (nnU-Net's loop, teacher as distillation target) on
+that preprocessed nnU-Net dataset, e.g. --finetune-dataset 501 --finetune-workdir runs/demo/work
+--finetune-plans nnUNetPlansTiny --epochs 80.
 """
 
 from __future__ import annotations
@@ -27,6 +30,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-per-case", type=int, default=4, help="fine-tuning patches per case")
     parser.add_argument("--steps", type=int, default=150, help="fine-tune steps after prune/distill")
     parser.add_argument("--lr", type=float, default=1e-3, help="fine-tune learning rate")
+    nn = parser.add_argument_group("fine-tuning with nnU-Net's loop (training package)")
+    nn.add_argument("--finetune-dataset", default=None,
+                    help="preprocessed nnU-Net dataset (id or name) planned like the bundle; replaces the patch loop")
+    nn.add_argument("--finetune-workdir", type=Path, default=Path("work_dirs"), help="its work root (%(default)s)")
+    nn.add_argument("--finetune-plans", default="nnUNetPlans", help="its plans identifier (%(default)s)")
+    nn.add_argument("--finetune-fold", default="quiz", help="fold (0-4) or quiz (%(default)s)")
+    nn.add_argument("--epochs", type=int, default=40, help="fine-tune epochs (%(default)s)")
+    nn.add_argument("--iters-per-epoch", type=int, default=25, help="iterations per epoch (%(default)s)")
+    nn.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="fine-tune device (%(default)s)")
+    nn.add_argument("--threads", type=int, default=None, help="torch CPU threads while fine-tuning")
     parser.add_argument("--calibration", default="minmax,percentile,entropy",
                         help="INT8 calibration methods to try (best agreement with fp32 wins)")
     parser.add_argument("--trt-max-batch", type=int, default=4, help="TensorRT profile: batch 1..N")
@@ -36,16 +49,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from optimize.distill import DistillConfig
+    from optimize.distill import DistillConfig, NnUNetFinetune
     from optimize.quantize import Int8Config
     from optimize.recipes import OptimizeOptions, optimize_bundle
     from optimize.tensorrt_build import TrtBuildConfig
 
     fold = int(args.fold) if args.fold is not None and str(args.fold).isdigit() else args.fold
+    nnunet = None
+    if args.finetune_dataset is not None:
+        nnunet = NnUNetFinetune(dataset=args.finetune_dataset, workdir=args.finetune_workdir,
+                                plans=args.finetune_plans, fold=args.finetune_fold, epochs=args.epochs,
+                                iters_per_epoch=args.iters_per_epoch, lr=args.lr, device=args.device,
+                                threads=args.threads)
     options = OptimizeOptions(
         data=args.data, fold=fold, seed=args.seed, calib_cases=args.calib_cases, calib_per_case=args.calib_per_case,
         val_cases=args.val_cases, train_cases=args.train_cases, train_per_case=args.train_per_case,
-        finetune=DistillConfig(steps=args.steps, lr=args.lr, seed=args.seed),
+        finetune=DistillConfig(steps=args.steps, lr=args.lr, seed=args.seed), nnunet=nnunet,
         int8=Int8Config(methods=tuple(m.strip() for m in args.calibration.split(",") if m.strip())),
         trt=TrtBuildConfig(max_batch=args.trt_max_batch), command=" ".join(["pancreas", *sys.argv[1:]]))
     bundle = optimize_bundle(args.bundle, args.recipe, args.out, options=options)
