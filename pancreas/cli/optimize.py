@@ -30,6 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-per-case", type=int, default=4, help="fine-tuning patches per case")
     parser.add_argument("--steps", type=int, default=150, help="fine-tune steps after prune/distill")
     parser.add_argument("--lr", type=float, default=1e-3, help="fine-tune learning rate")
+    parser.add_argument("--kd-alpha", type=float, default=0.5, help="weight of the teacher (distillation) term")
+    parser.add_argument("--kd-temperature", type=float, default=2.0, help="distillation temperature T")
     nn = parser.add_argument_group("fine-tuning with nnU-Net's loop (training package)")
     nn.add_argument("--finetune-dataset", default=None,
                     help="preprocessed nnU-Net dataset (id or name) planned like the bundle; replaces the patch loop")
@@ -64,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     options = OptimizeOptions(
         data=args.data, fold=fold, seed=args.seed, calib_cases=args.calib_cases, calib_per_case=args.calib_per_case,
         val_cases=args.val_cases, train_cases=args.train_cases, train_per_case=args.train_per_case,
-        finetune=DistillConfig(steps=args.steps, lr=args.lr, seed=args.seed), nnunet=nnunet,
+        finetune=DistillConfig(steps=args.steps, lr=args.lr, seed=args.seed, alpha=args.kd_alpha,
+                               temperature=args.kd_temperature), nnunet=nnunet,
         int8=Int8Config(methods=tuple(m.strip() for m in args.calibration.split(",") if m.strip())),
         trt=TrtBuildConfig(max_batch=args.trt_max_batch), command=" ".join(["pancreas", *sys.argv[1:]]))
     bundle = optimize_bundle(args.bundle, args.recipe, args.out, options=options)
