@@ -2,8 +2,9 @@
 
 * :func:`export_program` traces the network once with a dynamic batch axis and saves the
   ``ExportedProgram`` (artifact kind ``torch_export``, ``info.format = "exported_program"``). Loading it
-  (:func:`load_program`) needs no Python model code; the module runs in the torch backend
-  (:class:`pancreas.backends.torch_backend.TorchBackend`), eagerly or under ``torch.compile``.
+  (:func:`pancreas.backends.torch_backend.load_program`) needs no Python model code; the ``torch_export``
+  backend serves it with :class:`pancreas.backends.torch_backend.TorchBackend`
+  (``pancreas serve --model B --backend torch_export``).
 * :func:`aoti_package` additionally compiles the program ahead of time with AOTInductor into a
   ``.pt2`` package of generated C++/CUDA kernels (``info.format = "aoti_package"``); it needs a C++
   compiler and is built for the device it was compiled on (on an H100 a default-size network ran a
@@ -21,9 +22,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from pancreas.backends.torch_backend import ProgramModule, load_program
 from pancreas.errors import PancreasError
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["CompileConfig", "CompileError", "ProgramModule", "aoti_package", "export_program", "load_program"]
 
 
 class CompileError(PancreasError):
@@ -92,30 +96,3 @@ def aoti_package(net: Any, patch_size: list[int] | tuple[int, ...], out: str | P
         raise CompileError(f"AOTInductor compilation failed ({exc}); a C++ compiler (g++) is required") from exc
     logger.info("AOTInductor package %s in %.1f s", path, time.perf_counter() - t0)
     return Path(path)
-
-
-def load_program(path: str | Path, *, fmt: str = "exported_program") -> Any:
-    """Load an artifact of :func:`export_program` (an ``nn.Module``) or :func:`aoti_package` (a callable)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CompileError(f"compiled artifact {path} does not exist; run `pancreas optimize --recipe compile`")
-    if fmt == "aoti_package":
-        return ProgramModule(torch._inductor.aoti_load_package(str(path)))
-    if fmt != "exported_program":
-        raise CompileError(f"unknown compiled format {fmt!r}; expected exported_program or aoti_package")
-    return ProgramModule(torch.export.load(str(path)).module())
-
-
-class ProgramModule(nn.Module):
-    """An ``nn.Module`` around a loaded exported program, so backends can call ``.eval()``/``.to()`` on it.
-
-    The program's module refuses ``train``/``eval``; it is held outside the module tree (it is always in
-    inference form) and only its forward is used.
-    """
-
-    def __init__(self, program: Any) -> None:
-        super().__init__()
-        object.__setattr__(self, "_program", program)
-
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._program(image)

@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pancreas import LABELS, SUBTYPES, __version__
+from pancreas import LABELS, SUBTYPES
 from pancreas.errors import BundleError
 
 logger = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-Backend = Literal["auto", "torch", "onnxruntime", "tensorrt"]
+Backend = Literal["auto", "torch", "onnxruntime", "tensorrt", "torch_export"]
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["fp32", "fp16", "int8"]
 

@@ -60,9 +60,11 @@ BACKENDS: dict[str, str] = {
     "torch": "pancreas.backends.torch_backend:create",
     "onnxruntime": "pancreas.backends.onnxruntime_backend:create",
     "tensorrt": "pancreas.backends.tensorrt_backend:create",
+    "torch_export": "pancreas.backends.torch_backend:create_exported",
 }
 #: backend name -> the bundle artifact kind it loads
-ARTIFACT_KINDS: dict[str, str] = {"torch": "torch", "onnxruntime": "onnx", "tensorrt": "tensorrt"}
+ARTIFACT_KINDS: dict[str, str] = {"torch": "torch", "onnxruntime": "onnx", "tensorrt": "tensorrt",
+                                  "torch_export": "torch_export"}
 #: backends that can run an fp32 artifact at another precision (autocast) when no such artifact exists
 RUNTIME_CAST: set[str] = {"torch"}
 

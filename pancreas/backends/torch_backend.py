@@ -1,6 +1,8 @@
 """PyTorch backend: the bundle's state dict in a :class:`~pancreas.network.MultiTaskUNet`.
 
-CPU or CUDA; fp32, or fp16/bf16 autocast (fp16 only on CUDA); optional ``torch.compile``. The backend
+CPU or CUDA; fp32, or fp16/bf16 autocast (fp16 only on CUDA); optional ``torch.compile``. The same class
+serves ``torch_export`` artifacts (``torch.export`` programs and AOTInductor packages, backend
+``torch_export``). The backend
 accepts numpy arrays (contract) and torch tensors (``accepts_tensors``; no host round trip on the GPU)
 and answers in the same type, on the input's device.
 """
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -103,3 +106,47 @@ def create(bundle: Bundle, config: EngineConfig, artifact: Artifact) -> TorchBac
                 " (compiled)" if config.compile else "")
     return TorchBackend(net, patch_size=patch_size_of(bundle, artifact), device=device, precision=config.precision,
                         compile=config.compile)
+
+
+class ProgramModule(torch.nn.Module):
+    """An ``nn.Module`` around a loaded exported program, so backends can call ``.eval()``/``.to()`` on it.
+
+    The program's module refuses ``train``/``eval``; it is held outside the module tree (it is always in
+    inference form) and only its forward is used.
+    """
+
+    def __init__(self, program: Any) -> None:
+        super().__init__()
+        object.__setattr__(self, "_program", program)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._program(image)
+
+
+def load_program(path: str | Path, *, fmt: str = "exported_program") -> ProgramModule:
+    """Load a ``torch.export`` program (``exported_program``) or an AOTInductor package (``aoti_package``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise BundleError(f"compiled artifact {path} does not exist; run `pancreas optimize --recipe compile`",
+                          code="bundle_incomplete")
+    if fmt == "aoti_package":
+        return ProgramModule(torch._inductor.aoti_load_package(str(path)))
+    if fmt != "exported_program":
+        raise BundleError(f"unknown compiled format {fmt!r}; expected exported_program or aoti_package",
+                          code="bundle_corrupt")
+    return ProgramModule(torch.export.load(str(path)).module())
+
+
+def create_exported(bundle: Bundle, config: EngineConfig, artifact: Artifact) -> TorchBackend:
+    """Factory registered as ``torch_export``: a compiled artifact (``pancreas optimize --recipe compile``)
+    served by :class:`TorchBackend` (fp32; its batch is bounded by the exported dynamic batch)."""
+    if artifact.kind != "torch_export":
+        raise BundleError(f"torch_export backend cannot load a {artifact.kind} artifact ({artifact.path})")
+    if config.num_threads:
+        torch.set_num_threads(int(config.num_threads))
+    device = resolve_device(config.device)
+    fmt = str(artifact.info.get("format", "exported_program"))
+    net = load_program(bundle.path(artifact), fmt=fmt)
+    logger.info("torch_export backend: %s (%s) on %s", artifact.path, fmt, device)
+    return TorchBackend(net, patch_size=patch_size_of(bundle, artifact), device=device, precision="fp32",
+                        max_batch=int(artifact.info.get("max_batch", 4)))

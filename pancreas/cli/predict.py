@@ -14,7 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--out", required=True, help="output folder")
     parser.add_argument("--model", action="append", required=True, metavar="BUNDLE",
                         help="model bundle folder (repeat for an ensemble over configurations)")
-    parser.add_argument("--backend", default="auto", help="auto | torch | onnxruntime | tensorrt (default: auto)")
+    parser.add_argument("--backend", default="auto", help="auto | torch | onnxruntime | tensorrt | torch_export (default: auto)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
     parser.add_argument("--precision", default="fp32", help="fp32 | fp16 | bf16 | int8 (default: fp32)")
     parser.add_argument("--batch-size", type=int, default=2, help="patches per backend call (default: 2)")

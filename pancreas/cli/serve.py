@@ -28,7 +28,8 @@ _FLAGS = {  # flag -> (Settings field, type, help)
 }
 
 
-_CHOICES = {"--backend": ("auto", "torch", "onnxruntime", "tensorrt"), "--device": ("auto", "cpu", "cuda"),
+_CHOICES = {"--backend": ("auto", "torch", "onnxruntime", "tensorrt", "torch_export"),
+            "--device": ("auto", "cpu", "cuda"),
             "--precision": ("fp32", "fp16", "int8")}
 
 

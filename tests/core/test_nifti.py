@@ -135,6 +135,7 @@ def test_scaled_uint16_reads_as_hu(tmp_path: Path) -> None:
     img.header.set_slope_inter(1.0, -1024.0)
     path = tmp_path / "u16.nii.gz"
     nib.save(img, str(path))
-    assert gzip.open(path).read(4)  # a real gzip file
+    with gzip.open(path) as f:
+        assert f.read(4)  # a real gzip file
     vol = read_volume(path)
     np.testing.assert_allclose(np.sort(vol.array.ravel()), np.sort(hu.astype(np.float32).ravel()))

@@ -116,3 +116,34 @@ def test_int8_bundle_is_served_by_a_real_server(chained, phantoms, tmp_path):
             process.wait(30)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+def test_compiled_artifact_is_served_by_the_torch_export_backend(bundle, phantoms, tmp_path):
+    """``--recipe compile`` writes a torch.export program that ``--backend torch_export`` serves (same masks)."""
+    import numpy as np
+
+    from pancreas.bundle import Bundle
+    from pancreas.engine import Engine, EngineConfig
+    from pancreas.nifti import read_volume
+
+    out = Bundle.load(optimize_bundle(bundle, "compile", tmp_path / "compiled", options=_options(phantoms)).root)
+    art = next(a for a in out.metadata.artifacts if a.kind == "torch_export")
+    assert art.info["format"] == "exported_program" and out.metadata.optimization[0]["parity"]["passed"]
+    volume = read_volume(next((phantoms / "validation").rglob("*_0000.nii.gz")))
+    compiled = Engine.from_bundle(out, EngineConfig(backend="torch_export", device="cpu", step_size=1.0))
+    eager = Engine.from_bundle(out, EngineConfig(backend="torch", device="cpu", step_size=1.0))
+    assert type(compiled.backend.network).__name__ == "ProgramModule"
+    a, b = compiled.predict(volume), eager.predict(volume)
+    assert np.mean(a.mask == b.mask) >= 0.999 and a.subtype == b.subtype
+    np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-4)
+
+
+def test_missing_compiled_artifact_is_a_clear_bundle_error(tmp_path):
+    from pancreas.backends.torch_backend import load_program
+    from pancreas.errors import BundleError
+
+    with pytest.raises(BundleError, match="does not exist"):
+        load_program(tmp_path / "model.pt2")
+    (tmp_path / "model.pt2").write_bytes(b"x")
+    with pytest.raises(BundleError, match="unknown compiled format"):
+        load_program(tmp_path / "model.pt2", fmt="tflite")
