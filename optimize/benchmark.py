@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 CHAINS: list[tuple[str, str | None, int | None, list[tuple[str, str]]]] = [
     ("teacher", None, 0, [("torch", "fp32")]),
     ("onnx-int8", "onnx,int8", 0, [("onnxruntime", "fp32"), ("onnxruntime", "int8")]),
+    ("compiled", "compile", 0, [("torch_export", "fp32")]),
     ("pruned-0.5", "prune:0.5,onnx", 1000, [("torch", "fp32"), ("onnxruntime", "fp32")]),
     ("pruned-0.3", "prune:0.3,onnx", 1000, [("torch", "fp32"), ("onnxruntime", "fp32")]),
     ("pruned-0.3-nnunet", "prune:0.3,onnx,int8", None,
@@ -225,6 +226,7 @@ def _notes(rows: list[VariantRow], workdir: Path | None = None, report: Path | N
 
 #: (name, A, B): A/B per-case speedups measured alternately, A = reference (bundle variant, backend, precision)
 PAIRS = [("INT8 vs FP32 onnxruntime", ("onnx-int8", "onnxruntime", "fp32"), ("onnx-int8", "onnxruntime", "int8")),
+         ("torch.export program vs eager torch", ("teacher", "torch", "fp32"), ("compiled", "torch_export", "fp32")),
          ("pruned-0.5 vs teacher, onnxruntime", ("onnx-int8", "onnxruntime", "fp32"),
           ("pruned-0.5", "onnxruntime", "fp32")),
          ("pruned-0.5 vs teacher, torch", ("teacher", "torch", "fp32"), ("pruned-0.5", "torch", "fp32")),

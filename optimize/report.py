@@ -79,7 +79,9 @@ def measure_variant(bundle_dir: str | Path, *, name: str, command: str, backend:
         y_true.append(case.subtype)
         y_pred.append(pred.subtype)
     patch = real_patch(bundle, cases[0], engine.backend.patch_size)
-    kind = {"onnxruntime": "onnx", "tensorrt": "tensorrt"}.get(backend, "torch")
+    from pancreas.backends import ARTIFACT_KINDS
+
+    kind = ARTIFACT_KINDS.get(backend, backend)
     art = next(a for a in bundle.metadata.artifacts if a.kind == kind and (kind == "torch" or a.precision == precision))
     size, params, gflops = _model_stats(bundle, bundle.path(art))
     return VariantRow(name=name, command=command, backend=backend, precision=precision, size_mb=size,

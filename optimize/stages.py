@@ -103,6 +103,7 @@ def _finetune(state: State, student: Any, config: Any, tag: str) -> tuple[Any, d
     from optimize.distill import finetune, finetune_nnunet
 
     kd = state.options.finetune
+    tag = f"{state.out.name}_{tag}"  # one nnU-Net output folder per optimized bundle and stage
     if state.options.nnunet is not None:
         return finetune_nnunet(student, state.net, state.bundle.plans, config, nnunet=state.options.nnunet,
                                distill_config=kd, tag=tag)

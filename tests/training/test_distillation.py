@@ -92,7 +92,7 @@ def test_optimize_recipe_fine_tunes_through_training_package(tiny_run, tmp_path)
     assert rec["recipe"] == "distill:convs=1" and rec["finetune"]["engine"] == "nnunet"
     assert rec["finetune"]["steps"] == 8 and rec["finetune"]["epochs"] == 2
     assert rec["structure"]["params_after"] < rec["structure"]["params_before"]
-    assert "DistillationTrainer_distill_convs_1" in rec["finetune"]["output_folder"]
+    assert "DistillationTrainer_student_distill_convs_1" in rec["finetune"]["output_folder"]
     engine = Engine.from_bundle(Bundle.load(out.root), EngineConfig(backend="onnxruntime", device="cpu"))
     image = next((tiny_run.root / "quiz" / "validation").glob("subtype*/*_0000.nii.gz"))
     pred = engine.predict_file(image, tmp_path / "mask.nii.gz")
