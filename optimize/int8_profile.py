@@ -88,6 +88,7 @@ def _conv_ms(p: OpProfile, ops: tuple[str, ...]) -> float:
 
 FLOAT_CONV = ("Conv", "ConvTranspose")
 INT8_CONV = ("QLinearConv", "NhwcQLinearConv", "QLinearConvTranspose")
+ALL_CONV = FLOAT_CONV + INT8_CONV  # the int8 graph keeps some float convs (first, last, transposed)
 
 
 def width_sweep(bundle: Any, calib: np.ndarray, patches: np.ndarray, workdir: Path, *,
@@ -114,28 +115,30 @@ def width_sweep(bundle: Any, calib: np.ndarray, patches: np.ndarray, workdir: Pa
         quantize_with(fp32, int8, calib, "minmax", Int8Config(methods=("minmax",)), workdir / f"w{width}_cache",
                       sensitive_nodes(fp32))
         a, b = op_profile(fp32, patches, threads=threads, runs=runs), op_profile(int8, patches, threads=threads, runs=runs)
-        rows.append(SweepRow(width, cfg.arch_kwargs_override["features_per_stage"], count_parameters(net), a.wall_ms,
-                             b.wall_ms, _conv_ms(a, FLOAT_CONV), _conv_ms(b, INT8_CONV)))
+        n = len(patches)
+        rows.append(SweepRow(width, cfg.arch_kwargs_override["features_per_stage"], count_parameters(net),
+                             a.wall_ms / n, b.wall_ms / n, _conv_ms(a, ALL_CONV) / n, _conv_ms(b, ALL_CONV) / n))
         logger.info("width %.1f: %s", width, rows[-1])
     return rows
 
 
-def render(fp32: OpProfile, int8: OpProfile, sweep: list[SweepRow], *, header: str) -> str:
+def render(fp32: OpProfile, int8: OpProfile, sweep: list[SweepRow], *, header: str, batch: int = 1) -> str:
+    """Markdown: per-operator table (per patch: run times divided by ``batch``) and the width sweep."""
     ops = sorted(set(fp32.ms_by_op) | set(int8.ms_by_op), key=lambda o: -(fp32.ms_by_op.get(o, 0) + int8.ms_by_op.get(o, 0)))
-    lines = [header, "", "## Per-operator kernel time per patch (onnxruntime profiler)", "",
+    lines = [header, "", "## Per-operator kernel time, ms per patch (onnxruntime profiler)", "",
              "| op type | fp32 ms | int8 ms |", "|---|---|---|"]
     for op in ops:
-        cells = [f"{d[op]:.1f}" if op in d else "–" for d in (fp32.ms_by_op, int8.ms_by_op)]
+        cells = [f"{d[op] / batch:.1f}" if op in d else "–" for d in (fp32.ms_by_op, int8.ms_by_op)]
         lines.append(f"| {op} | {cells[0]} | {cells[1]} |")
-    conv_a, conv_b = _conv_ms(fp32, FLOAT_CONV), _conv_ms(int8, INT8_CONV)
-    lines += [f"| **all kernels** | **{fp32.kernel_ms:.1f}** | **{int8.kernel_ms:.1f}** |",
-              f"| wall time per run | {fp32.wall_ms:.1f} | {int8.wall_ms:.1f} |", "",
-              (f"Quantized convolutions vs float convolutions: {conv_a:.1f} → {conv_b:.1f} ms "
-               f"({conv_a / conv_b:.2f}×); whole graph {fp32.wall_ms / int8.wall_ms:.2f}×. "
-               "(int8 still runs the float ops it kept: the first conv, the last segmentation conv, the head, "
-               "InstanceNorm/LeakyReLU between Q/DQ pairs.)"), "",
+    conv_a, conv_b = _conv_ms(fp32, ALL_CONV) / batch, _conv_ms(int8, ALL_CONV) / batch
+    lines += [f"| **all kernels** | **{fp32.kernel_ms / batch:.1f}** | **{int8.kernel_ms / batch:.1f}** |",
+              f"| wall time | {fp32.wall_ms / batch:.1f} | {int8.wall_ms / batch:.1f} |", "",
+              (f"All convolutions (Conv, ConvTranspose, QLinearConv): {conv_a:.1f} → {conv_b:.1f} ms per patch "
+               f"({conv_a / conv_b:.2f}×); whole graph {fp32.wall_ms / int8.wall_ms:.2f}×. The int8 graph keeps "
+               "the first conv, the last segmentation conv, the transposed convs and the head in float, and "
+               "InstanceNorm/LeakyReLU run in float between Q/DQ pairs."), "",
               "## INT8 gain vs channel width (same architecture, random weights, speed only)", "",
-              "| width | features per stage | params | fp32 ms/patch | int8 ms/patch | speedup | conv fp32 → int8 ms | conv speedup |",
+              "| width | features per stage | params | fp32 ms/patch | int8 ms/patch | speedup | all convs fp32 → int8 ms | conv speedup |",
               "|---|---|---|---|---|---|---|---|"]
     for r in sweep:
         lines.append(f"| {r.width:g}× | {'-'.join(map(str, r.features))} | {r.params:,} | {r.fp32_ms:.1f} | "
@@ -177,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
               f"validation patches of {list(bundle.configuration['patch_size'])}. Models: `{fp32_path}` and "
               f"`{int8_path}`.\nCommand: `python -m optimize.int8_profile --bundle {args.bundle} --int8-bundle "
               f"{args.int8_bundle} --data {args.data} --threads {args.threads} --batch {args.batch}`")
-    args.report.write_text(render(a, b, sweep, header=header))
+    args.report.write_text(render(a, b, sweep, header=header, batch=len(patches)))
     logger.info("wrote %s", args.report)
     return 0
 

@@ -226,7 +226,7 @@ def optimize_bundle(bundle: Bundle | str | Path, recipes: str | list[str], out: 
 def _write(state: State, plan: list[Recipe]) -> Bundle:
     src = state.bundle.metadata
     changed = any(r.name in NETWORK_RECIPES for r in plan)
-    inference = {**src.inference, "recommended": _recommended(state.artifacts)}
+    inference = {**src.inference, "recommended": _recommended(state.artifacts, state.records)}
     meta = BundleMetadata(name=f"{src.name}-{'-'.join(r.name for r in plan)}", version=src.version,
                           description=f"{src.description} | optimized: {','.join(map(str, plan))}".strip(" |"),
                           labels=src.labels, subtypes=src.subtypes, network=state.config,
@@ -242,9 +242,16 @@ _PREFERENCE = ((("tensorrt", "int8"), "tensorrt"), (("tensorrt", "fp16"), "tenso
                (("onnx", "int8"), "onnxruntime"), (("onnx", "fp32"), "onnxruntime"))
 
 
-def _recommended(artifacts: list[Artifact]) -> dict[str, str]:
-    """The backend/precision to serve by default (TensorRT on a GPU, else INT8/fp32 onnxruntime, else torch)."""
+def _recommended(artifacts: list[Artifact], records: list[dict[str, Any]] | None = None) -> dict[str, str]:
+    """The backend/precision to serve by default (TensorRT on a GPU, else INT8/fp32 onnxruntime, else torch).
+
+    INT8 onnxruntime is skipped when its own stage measured it slower than the fp32 model it came from
+    (narrow networks on CPU: the Q/DQ overhead outweighs the int8 convolutions).
+    """
     built = {(a.kind, a.precision) for a in artifacts}
+    int8 = next((r for r in records or [] if r.get("recipe", "").split(":")[0] == "int8"), None)
+    if int8 is not None and (int8["latency_ms_per_patch"].get("speedup") or 0) < 1.0:
+        built.discard(("onnx", "int8"))
     for (kind, precision), backend in _PREFERENCE:
         if (kind, precision) in built:
             return {"backend": backend, "precision": precision}

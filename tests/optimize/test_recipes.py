@@ -47,7 +47,9 @@ def test_chained_recipes_write_a_servable_bundle(chained, phantoms):
     assert records[0]["structure"]["params_after"] < records[0]["structure"]["params_before"]
     assert loaded.metadata.network.arch_kwargs_override["features_per_stage"]
     assert {(a.kind, a.precision) for a in loaded.metadata.artifacts} >= {("torch", "fp32"), ("onnx", "int8")}
-    assert loaded.metadata.inference["recommended"] == {"backend": "onnxruntime", "precision": "int8"}
+    int8_faster = records[2]["latency_ms_per_patch"]["speedup"] >= 1.0  # measured by the stage itself
+    assert loaded.metadata.inference["recommended"] == {"backend": "onnxruntime",
+                                                        "precision": "int8" if int8_faster else "fp32"}
     int8_art = next(a for a in loaded.metadata.artifacts if a.precision == "int8")
     assert (out.root / int8_art.info["calibration_cache"]).is_file()
     image = next((phantoms / "validation").rglob("*_0000.nii.gz"))
@@ -147,3 +149,16 @@ def test_missing_compiled_artifact_is_a_clear_bundle_error(tmp_path):
     (tmp_path / "model.pt2").write_bytes(b"x")
     with pytest.raises(BundleError, match="unknown compiled format"):
         load_program(tmp_path / "model.pt2", fmt="tflite")
+
+
+def test_recommendation_skips_int8_that_measured_slower():
+    from optimize.recipes import _recommended
+    from pancreas.bundle import Artifact
+
+    arts = [Artifact(kind="torch", path="models/fold_0.pt"), Artifact(kind="onnx", path="models/model.onnx"),
+            Artifact(kind="onnx", path="models/model_int8.onnx", precision="int8")]
+    slower = [{"recipe": "int8", "latency_ms_per_patch": {"before": 22.0, "after": 49.0, "speedup": 0.45}}]
+    faster = [{"recipe": "int8:minmax", "latency_ms_per_patch": {"before": 60.0, "after": 40.0, "speedup": 1.5}}]
+    assert _recommended(arts, slower) == {"backend": "onnxruntime", "precision": "fp32"}
+    assert _recommended(arts, faster) == {"backend": "onnxruntime", "precision": "int8"}
+    assert _recommended(arts[:1]) == {"backend": "torch", "precision": "fp32"}
