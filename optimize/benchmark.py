@@ -39,6 +39,7 @@ CHAINS: list[tuple[str, str | None, int | None, list[tuple[str, str]]]] = [
     ("distill-convs1-nnunet", "distill:convs=1,onnx", None, [("torch", "fp32"), ("onnxruntime", "fp32")]),
     ("pruned-0.3-nnunet-100ep", "prune:0.3,onnx,int8", None,
      [("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8")]),
+    ("pruned-0.4-nnunet-100ep", "prune:0.4,onnx", None, [("torch", "fp32"), ("onnxruntime", "fp32")]),
 ]
 
 #: fine-tuning through the training package (``pancreas optimize --finetune-dataset``): the demo's own
@@ -144,7 +145,7 @@ def _preamble(teacher_note: str, threads: int, n_cases: int, load0: float) -> st
                 if line.startswith("model name")), platform.processor())
     v = provenance("").versions
     return (f"{teacher_note}\n\nMeasured side by side in one process (`python -m optimize.benchmark`), {cpu}, "
-            f"{threads} threads per backend, on a machine shared with other jobs (load average {load0:.1f} at "
+            f"{threads} thread(s) per backend (load average {load0:.1f} at "
             f"the start, {os.getloadavg()[0]:.1f} at the end: absolute times are noisy, ratios within a run are "
             f"what to read). Accuracy: mean over {n_cases} held-out phantom cases (`validation/`) through the full "
             f"engine (preprocess, sliding window step 0.5, postprocess); per-case latency is the median of "
@@ -186,7 +187,8 @@ _NOT_RUN = """## What could not be run here
 * **fp16** is a GPU recipe: the fp16 ONNX model is built and parity-checked, and its CPU per-patch latency
   is in the stage records (slower than fp32 on this CPU, as expected); it is not in the per-case table.
 * **AOTInductor** (`compile:aoti`) needs minutes of C++ compilation on these 2 shared cores and was not
-  timed; the `torch.export` program (`compile`) is tested for parity and served through the torch backend."""
+  timed; the `torch.export` program (`compile`) is parity-gated and measured above (`compiled` row, served by
+  the `torch_export` backend). GPU latencies of the compiled paths need a GPU."""
 
 
 def _student_line(name: str, backend: str, teacher: VariantRow, student: VariantRow) -> str:
@@ -234,8 +236,8 @@ PAIRS = [("INT8 vs FP32 onnxruntime", ("onnx-int8", "onnxruntime", "fp32"), ("on
           ("pruned-0.3", "onnxruntime", "fp32")),
          ("pruned-0.3 vs teacher, torch", ("teacher", "torch", "fp32"), ("pruned-0.3", "torch", "fp32")),
          *[(f"{v} vs teacher, {b}", ("teacher", "torch", "fp32") if b == "torch" else ("onnx-int8", b, "fp32"),
-            (v, b, "fp32")) for v in ("pruned-0.3-nnunet", "pruned-0.3-nnunet-100ep", "pruned-0.5-nnunet",
-                                     "distill-convs1-nnunet") for b in ("onnxruntime", "torch")],
+            (v, b, "fp32")) for v in ("pruned-0.3-nnunet", "pruned-0.3-nnunet-100ep", "pruned-0.4-nnunet-100ep",
+                                     "pruned-0.5-nnunet", "distill-convs1-nnunet") for b in ("onnxruntime", "torch")],
          *[(f"{v} INT8 onnxruntime vs teacher {b} FP32", ("teacher", "torch", "fp32") if b == "torch" else
             ("onnx-int8", b, "fp32"), (v, "onnxruntime", "int8"))
            for v in ("pruned-0.3-nnunet", "pruned-0.3-nnunet-100ep") for b in ("onnxruntime", "torch")]]
