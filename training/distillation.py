@@ -4,8 +4,9 @@
 
 * ``build_network_architecture`` -> the *student* (``NetworkConfig`` with ``arch_kwargs_override``, e.g. the
   pruned ``features_per_stage``), optionally starting from given weights (the pruned teacher's);
-* ``train_step`` -> ``(1 - alpha) · multi-task loss + alpha · T² KL(teacher ‖ student)`` on the full-resolution
-  segmentation logits and the class logits (:func:`training.losses.distillation_kl`).
+* ``training_loss`` (the multi-task trainer's loss hook) -> ``(1 - alpha) · multi-task loss
+  + alpha · T² KL(teacher ‖ student)`` on the full-resolution segmentation logits and the class logits
+  (:func:`training.losses.distillation_kl`).
 
 Everything else (nnU-Net's data loader and augmentation, lesion oversampling, deep supervision, the
 warm-up + PolyLR schedule, checkpoints, the per-epoch log) is the multi-task trainer's. This is how
@@ -88,30 +89,17 @@ class DistillationTrainer(MultiTaskTrainer):
             net.load_state_dict(self.student_init, strict=True)
         return net
 
-    def train_step(self, batch: dict) -> dict:
-        data, target, labels, weight = self._batch(batch)
-        self.optimizer.zero_grad(set_to_none=True)
-        with self._autocast():
-            with torch.no_grad():
-                seg_t, cls_t = self.teacher(data)  # type: ignore[misc]
-            seg, cls = self.network(data)
-            hard, parts = self.loss(seg, target, cls, labels, weight)
-            top = seg[0] if isinstance(seg, (list, tuple)) else seg
-            o = self.distillation
-            soft, _ = distillation_kl(top, cls, seg_t, cls_t, temperature=o.temperature, cls_weight=o.cls_weight)
-            loss = (1 - o.alpha) * hard + o.alpha * soft
-        if self.grad_scaler is not None:
-            self.grad_scaler.scale(loss).backward()
-            self.grad_scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
-            self.grad_scaler.step(self.optimizer)
-            self.grad_scaler.update()
-        else:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
-            self.optimizer.step()
-        return {"loss": loss.detach().cpu().numpy(), "seg_loss": parts["seg"].cpu().numpy(),
-                "cls_loss": parts["cls"].cpu().numpy()}
+    def training_loss(self, data: torch.Tensor, target: Any, labels: torch.Tensor,
+                      weight: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(1 - alpha) · multi-task loss + alpha · T² KL(teacher ‖ student)``; parts as the parent's."""
+        with torch.no_grad():
+            seg_t, cls_t = self.teacher(data)  # type: ignore[misc]
+        seg, cls = self.network(data)
+        hard, parts = self.loss(seg, target, cls, labels, weight)
+        top = seg[0] if isinstance(seg, (list, tuple)) else seg
+        o = self.distillation
+        soft, _ = distillation_kl(top, cls, seg_t, cls_t, temperature=o.temperature, cls_weight=o.cls_weight)
+        return (1 - o.alpha) * hard + o.alpha * soft, parts
 
     def student(self) -> MultiTaskUNet:
         """The trained student as a plain eval-mode network (no deep supervision), on the CPU."""

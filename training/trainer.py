@@ -8,7 +8,7 @@
 * ``configure_optimizers``        -> nnU-Net's SGD plus the learned loss weights; linear warm-up then PolyLR;
 * ``get_dataloaders``             -> nnU-Net's pipeline with lesion oversampling and a configurable number of
   augmentation workers;
-* ``train_step`` / ``validation_step`` / ``on_*_epoch_end`` -> multi-task losses, pseudo-DSC and patch
+* ``train_step`` (loss via the ``training_loss`` hook) / ``validation_step`` / ``on_*_epoch_end`` -> multi-task losses, pseudo-DSC and patch
   classification F1, one progress line per epoch;
 * ``perform_actual_validation``   -> our held-out evaluation (sliding window over the fold's validation cases,
   whole-pancreas DSC, lesion DSC, macro-F1) instead of nnUNetPredictor (which expects a single output).
@@ -260,12 +260,17 @@ class MultiTaskTrainer(nnUNetTrainer):
         return autocast(self.device.type, enabled=True) if self.device.type == "cuda" else _null()
 
     # ---- hooks: steps --------------------------------------------------------------------------------
+    def training_loss(self, data: torch.Tensor, target: Any, labels: torch.Tensor,
+                      weight: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss of one training batch (hook: subclasses add terms, e.g. distillation)."""
+        seg, cls = self.network(data)
+        return self.loss(seg, target, cls, labels, weight)
+
     def train_step(self, batch: dict) -> dict:
         data, target, labels, weight = self._batch(batch)
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
-            seg, cls = self.network(data)
-            loss, parts = self.loss(seg, target, cls, labels, weight)
+            loss, parts = self.training_loss(data, target, labels, weight)
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
             self.grad_scaler.unscale_(self.optimizer)
