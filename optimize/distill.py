@@ -82,7 +82,7 @@ class NnUNetFinetune:
     workdir: Path
     plans: str = "nnUNetPlans"
     fold: str = "quiz"
-    epochs: int = 40
+    epochs: int = 100
     iters_per_epoch: int = 25
     lr: float = 1e-3
     warmup_epochs: int = 1

@@ -94,6 +94,7 @@ class DistillationTrainer(MultiTaskTrainer):
         """``(1 - alpha) · multi-task loss + alpha · T² KL(teacher ‖ student)``; parts as the parent's."""
         with torch.no_grad():
             seg_t, cls_t = self.teacher(data)  # type: ignore[misc]
+        seg_t = seg_t[0] if isinstance(seg_t, (list, tuple)) else seg_t  # a deep-supervision teacher
         seg, cls = self.network(data)
         hard, parts = self.loss(seg, target, cls, labels, weight)
         top = seg[0] if isinstance(seg, (list, tuple)) else seg
@@ -114,7 +115,7 @@ def check_same_plans(bundle_plans: dict[str, Any], dataset_plans: dict[str, Any]
     b = dataset_plans["configurations"].get(configuration)
     if b is None:
         raise DatasetError(f"the fine-tuning dataset's plans have no configuration {configuration!r}")
-    keys = ("patch_size", "spacing", "normalization_schemes", "transpose_forward", "architecture")
+    keys = ("patch_size", "spacing", "normalization_schemes", "architecture")
     diff = [k for k in keys if a.get(k) != b.get(k)]
     for k in ("transpose_forward", "foreground_intensity_properties_per_channel"):
         if bundle_plans.get(k) != dataset_plans.get(k):
