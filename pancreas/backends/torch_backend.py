@@ -123,8 +123,9 @@ class ProgramModule(torch.nn.Module):
         return self._program(image)
 
 
-def load_program(path: str | Path, *, fmt: str = "exported_program") -> ProgramModule:
-    """Load a ``torch.export`` program (``exported_program``) or an AOTInductor package (``aoti_package``)."""
+def load_program(path: str | Path, *, fmt: str = "exported_program", device: str = "cpu") -> ProgramModule:
+    """Load a ``torch.export`` program (``exported_program``, moved to ``device``) or an AOTInductor package
+    (``aoti_package``, which runs on the device it was compiled for)."""
     path = Path(path)
     if not path.is_file():
         raise BundleError(f"compiled artifact {path} does not exist; run `pancreas optimize --recipe compile`",
@@ -134,7 +135,7 @@ def load_program(path: str | Path, *, fmt: str = "exported_program") -> ProgramM
     if fmt != "exported_program":
         raise BundleError(f"unknown compiled format {fmt!r}; expected exported_program or aoti_package",
                           code="bundle_corrupt")
-    return ProgramModule(torch.export.load(str(path)).module())
+    return ProgramModule(torch.export.load(str(path)).module().to(device))
 
 
 def create_exported(bundle: Bundle, config: EngineConfig, artifact: Artifact) -> TorchBackend:
@@ -146,7 +147,7 @@ def create_exported(bundle: Bundle, config: EngineConfig, artifact: Artifact) ->
         torch.set_num_threads(int(config.num_threads))
     device = resolve_device(config.device)
     fmt = str(artifact.info.get("format", "exported_program"))
-    net = load_program(bundle.path(artifact), fmt=fmt)
+    net = load_program(bundle.path(artifact), fmt=fmt, device=device)
     logger.info("torch_export backend: %s (%s) on %s", artifact.path, fmt, device)
     return TorchBackend(net, patch_size=patch_size_of(bundle, artifact), device=device, precision="fp32",
                         max_batch=int(artifact.info.get("max_batch", 4)))
