@@ -50,13 +50,11 @@ def op_profile(path: str | Path, patches: np.ndarray, *, threads: int = 1, runs:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
         opts.log_severity_level = 3
-        session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-        feed = {session.get_inputs()[0].name: np.ascontiguousarray(patches, np.float32)}
-        session.run(None, feed)  # warm-up, not profiled below
         opts.enable_profiling = True
         opts.profile_file_prefix = str(Path(tmp) / "profile")
         session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-        session.run(None, feed)
+        feed = {session.get_inputs()[0].name: np.ascontiguousarray(patches, np.float32)}
+        session.run(None, feed)  # warm-up: profiled too, so kernel times are averaged over runs + 1 calls
         walls = []
         for _ in range(runs):
             t0 = time.perf_counter()
@@ -67,7 +65,7 @@ def op_profile(path: str | Path, patches: np.ndarray, *, threads: int = 1, runs:
     for e in events:
         if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
             total[e["args"]["op_name"]] += e["dur"]
-    calls = runs + 1  # the profiled session also ran once before the timed runs
+    calls = runs + 1
     return OpProfile({op: us / calls / 1e3 for op, us in total.most_common()}, float(np.median(walls)))
 
 

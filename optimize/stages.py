@@ -19,23 +19,33 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+def _gate_onnx(state: State, recipe: Recipe, precision: str, rel: str, *, reference: Any, reference_name: str,
+               images: Any, t0: float, info: dict[str, Any] | None = None, **details: Any) -> None:
+    """Parity-gate the ONNX model ``state.out/rel`` against ``reference``, register it and record the stage."""
+    from optimize.export_onnx import onnx_info
+    from optimize.runners import ort_runner
+    from optimize.validate import TOLERANCES, parity_gate
+
+    path = state.out / rel
+    candidate = ort_runner(path)
+    report = parity_gate(reference, candidate, images, what=str(path), tolerance=TOLERANCES[precision])
+    state.onnx[precision] = path
+    state.add(Artifact(kind="onnx", path=rel, precision=precision, fold=state.source.fold, patch_size=state.patch,
+                       info={**onnx_info(path), **(info or {})}))
+    state.record(recipe, precision, rel, reference=reference, candidate=candidate, reference_name=reference_name,
+                 seconds=time.perf_counter() - t0, parity=report, **details)
+
+
 def onnx(state: State, recipe: Recipe) -> None:
     """fp32 ONNX export (fixed patch, dynamic batch, onnxslim) + strict parity gate against torch."""
-    from optimize.export_onnx import export_onnx, onnx_info
-    from optimize.runners import ort_runner, torch_runner
-    from optimize.validate import TOLERANCES, parity_gate
+    from optimize.export_onnx import export_onnx
+    from optimize.runners import torch_runner
 
     t0 = time.perf_counter()
     rel = "models/model.onnx"
-    path = export_onnx(state.net, state.patch, state.out / rel, config=state.options.onnx)
-    reference, candidate = torch_runner(state.net), ort_runner(path)
-    report = parity_gate(reference, candidate, state.patches("val").images[:state.options.parity_patches],
-                         what=str(path), tolerance=TOLERANCES["fp32"])
-    state.onnx["fp32"] = path
-    state.add(Artifact(kind="onnx", path=rel, precision="fp32", fold=state.source.fold, patch_size=state.patch,
-                       info=onnx_info(path)))
-    state.record(recipe, "fp32", rel, reference=reference, candidate=candidate, reference_name="torch fp32",
-                 seconds=time.perf_counter() - t0, parity=report)
+    export_onnx(state.net, state.patch, state.out / rel, config=state.options.onnx)
+    _gate_onnx(state, recipe, "fp32", rel, reference=torch_runner(state.net), reference_name="torch fp32",
+               images=state.patches("val").images[:state.options.parity_patches], t0=t0)
 
 
 def _need_onnx(state: State) -> None:
@@ -47,32 +57,22 @@ def _need_onnx(state: State) -> None:
 
 def fp16(state: State, recipe: Recipe) -> None:
     """ONNX float16 (float32 I/O); gated against the fp32 ONNX at the fp16 tolerance."""
-    from optimize.export_onnx import onnx_info
     from optimize.fp16 import convert_fp16
     from optimize.runners import ort_runner
-    from optimize.validate import TOLERANCES, parity_gate
 
     _need_onnx(state)
     t0 = time.perf_counter()
     rel = "models/model_fp16.onnx"
-    path = convert_fp16(state.onnx["fp32"], state.out / rel, config=state.options.fp16)
-    reference, candidate = ort_runner(state.onnx["fp32"]), ort_runner(path)
-    report = parity_gate(reference, candidate, state.patches("val").images[:state.options.parity_patches],
-                         what=str(path), tolerance=TOLERANCES["fp16"])
-    state.onnx["fp16"] = path
-    state.add(Artifact(kind="onnx", path=rel, precision="fp16", fold=state.source.fold, patch_size=state.patch,
-                       info=onnx_info(path)))
-    state.record(recipe, "fp16", rel, reference=reference, candidate=candidate, reference_name="onnxruntime fp32",
-                 seconds=time.perf_counter() - t0, parity=report,
-                 note="fp16 is a GPU recipe: onnxruntime on CPU runs fp16 convolutions slower than fp32")
+    convert_fp16(state.onnx["fp32"], state.out / rel, config=state.options.fp16)
+    _gate_onnx(state, recipe, "fp16", rel, reference=ort_runner(state.onnx["fp32"]), reference_name="onnxruntime fp32",
+               images=state.patches("val").images[:state.options.parity_patches], t0=t0,
+               note="fp16 is a GPU recipe: onnxruntime on CPU runs fp16 convolutions slower than fp32")
 
 
 def int8(state: State, recipe: Recipe) -> None:
     """Static QDQ per-channel INT8 calibrated on real phantom patches; gated at the int8 tolerance."""
-    from optimize.export_onnx import onnx_info
     from optimize.quantize import quantize_int8
     from optimize.runners import ort_runner
-    from optimize.validate import TOLERANCES, parity_gate
 
     _need_onnx(state)
     t0 = time.perf_counter()
@@ -83,19 +83,13 @@ def int8(state: State, recipe: Recipe) -> None:
     calib, val = state.patches("calib"), state.patches("val")
     result = quantize_int8(state.onnx["fp32"], state.out / rel, calib.images, val.images, config=config,
                            cache_dir=state.out / "calibration")
-    reference, candidate = ort_runner(state.onnx["fp32"]), ort_runner(result.path)
-    report = parity_gate(reference, candidate, val.images, what=str(result.path), tolerance=TOLERANCES["int8"])
-    state.onnx["int8"] = result.path
-    info = {**onnx_info(result.path), "calibration_method": result.method,
-            "calibration_cache": str(result.cache.relative_to(state.out)), "calibration_patches": len(calib),
-            "kept_float_nodes": len(result.excluded_nodes)}
-    state.add(Artifact(kind="onnx", path=rel, precision="int8", fold=state.source.fold, patch_size=state.patch,
-                       info=info))
-    state.record(recipe, "int8", rel, reference=reference, candidate=candidate, reference_name="onnxruntime fp32",
-                 seconds=time.perf_counter() - t0, parity=report,
-                 calibration={m: {"agreement": p["agreement"], "cls_max_abs_diff": p["cls_max_abs_diff"]}
-                              for m, p in result.parity.items()}, chosen_method=result.method,
-                 int8_config=asdict(config))
+    info = {"calibration_method": result.method, "calibration_cache": str(result.cache.relative_to(state.out)),
+            "calibration_patches": len(calib), "kept_float_nodes": len(result.excluded_nodes)}
+    _gate_onnx(state, recipe, "int8", rel, reference=ort_runner(state.onnx["fp32"]), reference_name="onnxruntime fp32",
+               images=val.images, t0=t0, info=info,
+               calibration={m: {"agreement": p["agreement"], "cls_max_abs_diff": p["cls_max_abs_diff"]}
+                            for m, p in result.parity.items()}, chosen_method=result.method,
+               int8_config=asdict(config))
 
 
 def _finetune(state: State, student: Any, config: Any, tag: str) -> tuple[Any, dict[str, Any]]:
