@@ -194,15 +194,6 @@ def finetune(student: Any, teacher: Any | None, data: PatchSet, *, config: Disti
     return history
 
 
-def distill(teacher: Any, plans: dict[str, Any], config: NetworkConfig, data: PatchSet, *,
-            spec: StudentSpec = StudentSpec(), distill_config: DistillConfig = DistillConfig(),
-            patch_size: list[int] | tuple[int, ...]) -> tuple[Any, NetworkConfig, list[float]]:
-    """Build a student for ``spec`` and distill ``teacher`` into it; returns (student, config, losses)."""
-    student, cfg = build_student(teacher, plans, config, spec, patch_size)
-    history = finetune(student, teacher, data, config=distill_config)
-    return student, cfg, history
-
-
 def finetune_nnunet(student: Any, teacher: Any, plans: dict[str, Any], config: NetworkConfig, *,
                     nnunet: NnUNetFinetune, distill_config: DistillConfig = DistillConfig(),
                     tag: str = "student") -> tuple[Any, dict[str, Any]]:
