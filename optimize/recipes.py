@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -223,6 +223,46 @@ def optimize_bundle(bundle: Bundle | str | Path, recipes: str | list[str], out: 
         state.close()
 
 
+def optimize_folds(bundle: Bundle | str | Path, recipes: str | list[str], out: str | Path, *,
+                   options: OptimizeOptions = OptimizeOptions()) -> Bundle:
+    """:func:`optimize_bundle` for every fold of a fold-ensemble bundle, merged into one bundle at ``out``.
+
+    Each fold is optimized on its own (``out/.fold_<k>``); its files are then moved into ``out/models`` as
+    ``fold_<k>_<name>`` (torch weights keep ``fold_<k>.pt``) and its stage records are tagged with the fold.
+    """
+    import shutil
+
+    bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise RecipeError(f"output folder {out} is not empty; choose a new --out")
+    folds = list(dict.fromkeys(a.fold for a in bundle.artifacts("torch", "fp32")))
+    if not folds:
+        raise RecipeError(f"bundle {bundle.root} has no fp32 torch artifact to optimize")
+    artifacts: list[Artifact] = []
+    records: list[dict[str, Any]] = []
+    first: Bundle | None = None
+    for fold in folds:
+        part = optimize_bundle(bundle, recipes, out / f".fold_{fold}", options=replace(options, fold=fold))
+        first = first or part
+        for art in part.metadata.artifacts:
+            name = Path(art.path).name
+            rel = art.path if name == f"fold_{fold}.pt" else f"models/fold_{fold}_{name}"
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(part.path(art)), out / rel)
+            artifacts.append(art.model_copy(update={"path": rel}))
+        records += [{**r, "fold": fold} for r in part.metadata.optimization[len(bundle.metadata.optimization):]]
+    assert first is not None
+    meta = first.metadata.model_copy(update={
+        "artifacts": artifacts, "optimization": [*bundle.metadata.optimization, *records],
+        "inference": {**first.metadata.inference,
+                      "recommended": _recommended(artifacts, records)}})
+    written = Bundle.write(out, meta, first.plans, first.dataset)
+    for fold in folds:
+        shutil.rmtree(out / f".fold_{fold}", ignore_errors=True)
+    return written
+
+
 def _write(state: State, plan: list[Recipe]) -> Bundle:
     src = state.bundle.metadata
     changed = any(r.name in NETWORK_RECIPES for r in plan)
@@ -233,7 +273,7 @@ def _write(state: State, plan: list[Recipe]) -> Bundle:
                           artifacts=state.artifacts,
                           metrics={"teacher": src.metrics} if changed and src.metrics else dict(src.metrics),
                           optimization=[*src.optimization, *state.records], inference=inference,
-                          provenance=provenance(state.options.command))
+                          training_data=src.training_data, provenance=provenance(state.options.command))
     return Bundle.write(state.out, meta, state.bundle.plans, state.bundle.dataset)
 
 

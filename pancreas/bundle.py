@@ -106,6 +106,10 @@ class BundleMetadata(_Model):
     optimization: list[dict[str, Any]] = Field(default_factory=list)
     #: Inference defaults recorded by training (postprocessing on/off, step size, ...).
     inference: dict[str, Any] = Field(default_factory=dict)
+    #: What the model was trained and validated on: ``sources`` (case counts per source, e.g. real/phantom),
+    #: ``tasks`` (per task: trained on / validated on), ``licence`` note, and ``domain`` (the input ranges
+    #: seen in training, read by :mod:`pancreas.domain` to warn about unlike inputs).
+    training_data: dict[str, Any] = Field(default_factory=dict)
     provenance: Provenance
 
 

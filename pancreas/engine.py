@@ -11,7 +11,9 @@ Pipeline (each stage timed into ``Prediction.timings_ms``)::
 
 The engine is backend-agnostic: it holds one :class:`~pancreas.backends.Backend` (fold ensembles are an
 :class:`~pancreas.backends.ensemble.EnsembleBackend`). Orientation is never touched here: volumes come
-from :func:`pancreas.nifti.read_volume` and masks go back through ``Volume.to_image``.
+from :func:`pancreas.nifti.read_volume` and masks go back through ``Volume.to_image``. Each prediction
+carries ``warnings`` where the input or the result is unlike the bundle's training data
+(:mod:`pancreas.domain`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import torch
 from pancreas import LABELS
 from pancreas.backends import Backend, create_backend
 from pancreas.bundle import Bundle
+from pancreas.domain import InputDomain, InputWarning
 from pancreas.errors import PancreasError
 from pancreas.nifti import Volume, read_volume, write_image
 from pancreas.postprocess import PostprocessConfig, largest_component, postprocess
@@ -94,6 +97,7 @@ class Prediction:
     subtype: int
     volumes_ml: dict[str, float]  # {"pancreas": labels 1 ∪ 2, "lesion": label 2}
     timings_ms: dict[str, float] = field(default_factory=dict)
+    warnings: list[InputWarning] = field(default_factory=list)  # input unlike the training data
 
 
 @dataclass
@@ -158,6 +162,7 @@ class Engine:
         inference = bundle.metadata.inference
         enabled = config.postprocess and inference.get("postprocess", True) is not False
         self.post = PostprocessConfig.from_metadata(inference) if enabled else None
+        self.domain = InputDomain.from_training_data(bundle.metadata.training_data) or InputDomain()
 
     @classmethod
     def from_bundle(cls, bundle: Bundle | str | Path, config: EngineConfig = EngineConfig()) -> Engine:
@@ -240,7 +245,9 @@ class Engine:
         with timer("export"):
             labels = argmax_labels(logits).cpu().numpy()
             mask = paste_canonical(labels, pre, self.plan)
-        return make_prediction(mask, volume, cls, self.post, timer)
+        pred = make_prediction(mask, volume, cls, self.post, timer)
+        pred.warnings = self.domain.check(volume, pred.volumes_ml)
+        return pred
 
     def predict_soft(self, volume: Volume) -> SoftPrediction:
         """Softmax probabilities on the canonical grid (background 1 outside the crop/ROI)."""
@@ -281,4 +288,7 @@ def predict_ensemble(engines: list[Engine], volume: Volume) -> Prediction:
             timer.ms[k] = timer.ms.get(k, 0.0) + v
     with timer("export"):
         mask = argmax_labels(torch.from_numpy(total)).numpy()
-    return make_prediction(mask, volume, cls / len(engines), engines[0].post, timer)
+    pred = make_prediction(mask, volume, cls / len(engines), engines[0].post, timer)
+    found = (w for engine in engines for w in engine.domain.check(volume, pred.volumes_ml))
+    pred.warnings = list(dict.fromkeys(found))  # each bundle's domain; identical warnings once
+    return pred

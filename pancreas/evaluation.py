@@ -32,6 +32,7 @@ from pancreas import LABELS, SUBTYPES
 from pancreas.errors import DatasetError
 from pancreas.metrics import CONVENTIONS, accuracy, confusion, macro_f1, per_class_f1, segmentation_metrics
 from pancreas.nifti import canonicalize, read_image
+from pancreas.sources import source_of
 
 logger = logging.getLogger(__name__)
 
@@ -247,12 +248,12 @@ def _mean(values: list[float]) -> float | None:
     return float(np.mean(finite)) if finite else None
 
 
-def _clean(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """JSON-safe copy: NaN -> None, numpy scalars/arrays -> Python values."""
     if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, np.ndarray)):
-        return [_clean(v) for v in (value.tolist() if isinstance(value, np.ndarray) else value)]
+        return [jsonable(v) for v in (value.tolist() if isinstance(value, np.ndarray) else value)]
     if isinstance(value, (float, np.floating)):
         return None if math.isnan(value) else float(value)
     if isinstance(value, np.integer):
@@ -269,7 +270,7 @@ class EvaluationReport:
     conventions: dict[str, str] = field(default_factory=lambda: dict(CONVENTIONS))
 
     def to_dict(self) -> dict[str, Any]:
-        return _clean({"summary": self.summary, "per_case": self.per_case, "conventions": self.conventions})
+        return jsonable({"summary": self.summary, "per_case": self.per_case, "conventions": self.conventions})
 
     def to_json(self, path: str | Path | None = None) -> str:
         """The report as JSON (NaN written as ``null``); also written to ``path`` when given."""
@@ -298,7 +299,9 @@ class EvaluationReport:
     def table(self) -> str:
         """A plain-text summary table."""
         s = self.summary
+        data = s.get("data") or {}
         lines = [
+            f"data: {data.get('source', 'unnamed')} ({data.get('reference', '?')})",
             f"cases: {s['n_cases']}  missing predictions: {len(s['missing_predictions'])}",
             f"{'metric':<14}{'mean':>10}{'std':>10}",
         ]
@@ -340,7 +343,7 @@ def _subtype_block(
     }
 
 
-def _summarize(rows: list[dict[str, Any]], missing: list[str], extra: list[str]) -> dict[str, Any]:
+def summarize_rows(rows: list[dict[str, Any]], missing: list[str], extra: list[str]) -> dict[str, Any]:
     summary: dict[str, Any] = {"n_cases": len(rows)}
     summary.update({k: _mean([r[k] for r in rows]) for k in SEGMENTATION_KEYS})
     summary["std"] = {
@@ -402,6 +405,7 @@ def evaluate_folders(
     for row in rows:
         row["gt_subtype"] = truth.get(row["case_id"])
         row["pred_subtype"] = None if predicted is None else predicted.get(row["case_id"])
-    summary = _summarize(rows, missing, extra)
+    summary = summarize_rows(rows, missing, extra)
+    summary["data"] = {"source": source_of(gt_dir), "reference": str(gt_dir)}
     summary["subtype"] = None if predicted is None else _subtype_block(rows, truth, predicted)
     return EvaluationReport(summary=summary, per_case=rows)

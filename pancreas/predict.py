@@ -6,7 +6,8 @@ their masks) or a flat folder of ``*_0000.nii.gz`` / ``*.nii.gz`` images. When a
 
 * ``<case>.nii.gz`` per case (case id = file name without ``_0000`` and extension), on the input's grid;
 * ``subtype_results.csv`` (``Names,Subtype``, Names = ``<case>.nii.gz``), as in the quiz;
-* ``predictions.json``: the model(s), and per case the probabilities, volumes and per-stage timings.
+* ``predictions.json``: the model(s), and per case the probabilities, volumes, per-stage timings and
+  ``warnings`` (``[{"code", "message"}]``, see :mod:`pancreas.domain`; also logged).
 
 Several bundles are an ensemble over configurations: probabilities are averaged on the canonical grid.
 """
@@ -85,8 +86,11 @@ def predict_cases(images: str | Path, out: str | Path, models: list[str | Path],
         stages = {k: v for k, v in pred.timings_ms.items() if k != "total"}
         timings = {"read": read_ms, **stages, "write": (time.perf_counter() - start) * 1000.0}
         timings["total"] = sum(timings.values())
+        for warning in pred.warnings:
+            logger.warning("%s: %s", cid, warning.message)
         results[cid] = {"image": str(path), "subtype": pred.subtype, "probabilities": pred.probabilities,
-                        "volumes_ml": pred.volumes_ml, "timings_ms": timings}
+                        "volumes_ml": pred.volumes_ml, "timings_ms": timings,
+                        "warnings": [w.to_json() for w in pred.warnings]}
     with open(out / "subtype_results.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["Names", "Subtype"])

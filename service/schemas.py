@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from pancreas.domain import WARNING_CODES
+
 
 class ErrorDetail(BaseModel):
     """The ``detail`` of every error response: a stable machine ``code`` and a human ``message``."""
@@ -45,12 +47,24 @@ class ModelSummary(BaseModel):
     precision: str
 
 
+class InputWarningOut(BaseModel):
+    """A reason the result may be wrong: the input or the prediction is unlike the model's training data."""
+
+    code: str = Field(examples=["fov"], description="stable code: " + "; ".join(
+        f"`{code}`: {meaning}" for code, meaning in WARNING_CODES.items()))
+    message: str = Field(description="for a person: the measured value, the training range and what to do")
+
+
 class PredictResponse(BaseModel):
     subtype: int = Field(description="predicted lesion subtype, one of 0, 1, 2")
     probabilities: list[float] = Field(description="softmax probability of each subtype")
     volumes_ml: VolumesMl
     timings_ms: Timings
     model: ModelSummary
+    warnings: list[InputWarningOut] = Field(
+        default_factory=list, description="empty when the input looks like the training data; otherwise one "
+        "entry per problem (e.g. `fov`: a whole-abdomen CT sent to a model trained on pancreas crops). The "
+        "prediction is still returned; treat it with the caution the message gives")
     mask_encoding: Literal["nifti-gzip-base64"] = "nifti-gzip-base64"
     mask: str = Field(description="base64 of the .nii.gz mask (0 background, 1 pancreas, 2 lesion) on exactly "
                                   "the input's size, spacing, origin and direction")
@@ -76,4 +90,9 @@ class ModelInfo(BaseModel):
     device: str
     patch_size: list[int] | None = None
     engine: dict[str, Any] = Field(description="the engine's own description (engine.info)")
+    training_data: dict[str, Any] = Field(
+        default_factory=dict, description="what the model was trained and validated on "
+        "(metadata.training_data): case counts per source, tasks, licence note, and `domain`, the input "
+        "ranges (spacing, field of view, pancreas volume; per axis in z,y,x order) behind the `warnings` "
+        "of /v1/predict")
     metadata: dict[str, Any] = Field(description="the bundle's configs/metadata.json")

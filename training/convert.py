@@ -5,6 +5,11 @@ validation cases; nnU-Net runs its own CV), ``imagesTs/`` (+ ``labelsTs/`` when 
 ``test_labels/``), ``dataset.json``, ``subtypes.csv`` and, when there is a validation split,
 ``quiz_splits.json`` (see :mod:`training.subtypes`).
 
+Each case carries its **source** (``real``, or ``phantom`` for a folder written by ``pancreas synth``,
+recognised by its ``phantoms.json``) into ``subtypes.csv`` and ``dataset.json`` (``sources``: cases per
+source). Several quiz folders can be merged into one dataset (e.g. real cases plus phantoms); phantom case
+ids are then prefixed with ``phantom_`` so they cannot clash with real quiz ids.
+
 Every image and mask is re-written through :mod:`pancreas.nifti` in canonical orientation, so all cases
 share the array axes the inference engine uses. CT is stored as int16 when its values are integral
 and fit, else float32; masks as uint8 after rounding (real quiz masks hold 1.0000153 for label 1).
@@ -18,9 +23,9 @@ import json
 import logging
 import re
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +36,8 @@ from pancreas import LABELS
 from pancreas.errors import DatasetError, PancreasError
 from pancreas.evaluation import NII, SUBTYPE_CSV, SUBTYPE_DIR, grid_mismatch, label_array, read_subtype_csv
 from pancreas.nifti import canonicalize, read_image, write_image
-from training.subtypes import SubtypeRow, read_subtypes, write_quiz_splits, write_subtypes
+from pancreas.sources import PHANTOM, REAL, source_of
+from training.subtypes import SubtypeRow, read_subtypes, source_counts, write_quiz_splits, write_subtypes
 
 __all__ = ["Case", "convert", "convert_nnunet_raw", "convert_quiz", "read_subtypes"]
 
@@ -43,6 +49,7 @@ QUIZ_TEST = re.compile(r"^quiz_(\d+)$")
 DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 TRAIN_SPLITS = ("train", "validation")
 _INT16 = np.iinfo(np.int16)
+PHANTOM_PREFIX = "phantom_"
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,7 @@ class Case:
     mask: Path | None
     subtype: int | None
     split: str  # train | validation | test
+    source: str = REAL  # pancreas.sources.SOURCES
 
 
 def _visible(folder: Path) -> list[Path]:
@@ -139,7 +147,7 @@ def _scan_test(quiz_dir: Path, errors: list[str]) -> list[Case]:
 
 
 def scan_quiz(quiz_dir: str | Path) -> tuple[list[Case], list[str]]:
-    """All cases of a quiz folder plus the layout problems found (not raised)."""
+    """All cases of a quiz folder, tagged with its source, plus the layout problems found (not raised)."""
     quiz_dir = Path(quiz_dir)
     if not quiz_dir.is_dir():
         raise DatasetError(f"quiz folder {quiz_dir} does not exist", code="missing_file")
@@ -152,7 +160,24 @@ def scan_quiz(quiz_dir: str | Path) -> tuple[list[Case], list[str]]:
         )
     errors: list[str] = []
     cases = [c for split in splits for c in _scan_split(split, errors)] + _scan_test(quiz_dir, errors)
+    source = source_of(quiz_dir, parents=0)
+    cases = [replace(c, source=source) for c in cases]
     return cases, errors + _duplicates(cases)
+
+
+def scan_quiz_folders(quiz_dirs: Sequence[str | Path]) -> tuple[list[Case], list[str]]:
+    """Cases of one or more quiz folders; with several sources, phantom ids get :data:`PHANTOM_PREFIX`."""
+    cases: list[Case] = []
+    errors: list[str] = []
+    for folder in quiz_dirs:
+        found, problems = scan_quiz(folder)
+        cases += found
+        errors += problems
+    if len({c.source for c in cases}) > 1:
+        cases = [replace(c, case_id=PHANTOM_PREFIX + c.case_id) if c.source == PHANTOM else c for c in cases]
+    if len(quiz_dirs) > 1:
+        errors += _duplicates(cases)
+    return cases, errors
 
 
 def _duplicates(cases: Iterable[Case]) -> list[str]:
@@ -271,11 +296,12 @@ def _write_dataset(
             failures = list(tqdm(results, total=len(cases), desc="convert", unit="case", disable=None))
         _raise_if(errors + [f for f in failures if f], source)
         train = [c for c in cases if c.split in TRAIN_SPLITS]
-        (partial / "dataset.json").write_text(
-            json.dumps(_dataset_json(target.name.split("_", 1)[1], len(train), description), indent=2) + "\n"
-        )
+        meta = _dataset_json(target.name.split("_", 1)[1], len(train), description)
+        meta["sources"] = source_counts({c.case_id: c.source for c in train})
+        (partial / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
         write_subtypes(
-            partial, [SubtypeRow(c.case_id, c.subtype, c.split) for c in cases if c.subtype is not None]
+            partial,
+            [SubtypeRow(c.case_id, c.subtype, c.split, c.source) for c in cases if c.subtype is not None],
         )
         validation = [c.case_id for c in cases if c.split == "validation"]
         if validation:
@@ -290,7 +316,7 @@ def _write_dataset(
 
 
 def convert_quiz(
-    quiz_dir: str | Path,
+    quiz_dir: str | Path | Sequence[str | Path],
     *,
     dataset_id: int,
     name: str = "PancreasQuiz",
@@ -298,20 +324,22 @@ def convert_quiz(
     overwrite: bool = False,
     num_workers: int = 2,
 ) -> Path:
-    """Convert a quiz-layout folder; returns the dataset folder (see the module docstring).
+    """Convert one quiz-layout folder, or several merged; returns the dataset folder (see the module docstring).
 
     Raises:
         DatasetError: layout, name, subtype-folder, label or geometry problems (all listed at once).
     """
+    folders = [Path(quiz_dir)] if isinstance(quiz_dir, (str, Path)) else [Path(q) for q in quiz_dir]
     target = _target(Path(workdir), dataset_id, name, overwrite)
-    cases, errors = scan_quiz(quiz_dir)
+    cases, errors = scan_quiz_folders(folders)
+    described = ", ".join(f"{f.resolve()} ({source_of(f, parents=0)})" for f in folders)
     return _write_dataset(
         cases,
         errors,
-        Path(quiz_dir),
+        folders[0],
         target,
         num_workers,
-        f"pancreas quiz converted from {Path(quiz_dir).resolve()}",
+        f"pancreas quiz converted from {described}",
     )
 
 
@@ -339,14 +367,16 @@ def scan_nnunet_raw(raw_dir: str | Path, subtypes: dict[str, int]) -> tuple[list
     errors += [
         f"case {c}: no subtype in the subtype CSV; add a row" for c in sorted(set(images) - set(subtypes))
     ]
-    cases = [Case(c, images[c], masks[c], subtypes.get(c), "train") for c in sorted(set(images) & set(masks))]
+    source = source_of(raw_dir, parents=0)
+    cases = [Case(c, images[c], masks[c], subtypes.get(c), "train", source)
+             for c in sorted(set(images) & set(masks))]
     test_images, test_stray = (
         _pair_files(raw_dir / "imagesTs", errors) if (raw_dir / "imagesTs").is_dir() else ({}, {})
     )
     errors += [
         f"{p}: imagesTs holds only CASE_0000{NII} files; move or delete it" for p in test_stray.values()
     ]
-    cases += [Case(c, p, None, subtypes.get(c), "test") for c, p in sorted(test_images.items())]
+    cases += [Case(c, p, None, subtypes.get(c), "test", source) for c, p in sorted(test_images.items())]
     return cases, errors + _duplicates(cases)
 
 
@@ -387,7 +417,7 @@ def is_nnunet_raw(path: str | Path) -> bool:
 
 
 def convert(
-    source: str | Path,
+    source: str | Path | Sequence[str | Path],
     *,
     dataset_id: int,
     name: str = "PancreasQuiz",
@@ -396,7 +426,7 @@ def convert(
     overwrite: bool = False,
     num_workers: int = 2,
 ) -> Path:
-    """Convert either layout: an nnU-Net raw dataset (needs ``subtypes_csv``) or a quiz folder."""
+    """Convert either layout: an nnU-Net raw dataset (needs ``subtypes_csv``) or one or more quiz folders."""
     options = {
         "dataset_id": dataset_id,
         "name": name,
@@ -404,7 +434,11 @@ def convert(
         "overwrite": overwrite,
         "num_workers": num_workers,
     }
-    if is_nnunet_raw(source):
+    sources = [Path(source)] if isinstance(source, (str, Path)) else [Path(s) for s in source]
+    if not sources:
+        raise DatasetError("no source folder given; pass a quiz folder or an nnU-Net raw dataset")
+    if len(sources) == 1 and is_nnunet_raw(sources[0]):
+        source = sources[0]
         if subtypes_csv is None:
             raise DatasetError(
                 f"{source} is an nnU-Net raw dataset; pass --subtypes CSV (columns case_id,subtype "
@@ -412,6 +446,10 @@ def convert(
                 code="missing_subtypes",
             )
         return convert_nnunet_raw(source, subtypes_csv, **options)
+    raw = [s for s in sources if is_nnunet_raw(s)]
+    if raw:
+        raise DatasetError(f"{raw[0]} is an nnU-Net raw dataset; only quiz folders can be merged, convert it "
+                           "on its own", code="bad_layout")
     if subtypes_csv is not None:
         logger.warning("--subtypes is ignored for the quiz layout (subtypes come from subtype{k}/ folders)")
-    return convert_quiz(source, **options)
+    return convert_quiz(sources, **options)

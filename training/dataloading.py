@@ -19,6 +19,7 @@ from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 
 from pancreas import LABELS, SUBTYPES
 from pancreas.errors import DatasetError
+from training.subtypes import read_sources
 
 logger = logging.getLogger(__name__)
 
@@ -71,13 +72,23 @@ def read_subtype_table(dataset_dir: str | Path) -> dict[str, int]:
     return out
 
 
-def find_subtypes(dataset_name: str, raw: Path, preprocessed: Path) -> dict[str, int]:
-    """The subtype table of a dataset, from the raw folder or its copy in the preprocessed folder."""
+def _table_folder(dataset_name: str, raw: Path, preprocessed: Path) -> Path:
+    """The folder holding the dataset's subtype table: the raw folder, or its copy in the preprocessed one."""
     for folder in (raw / dataset_name, preprocessed / dataset_name):
         if (folder / SUBTYPES_CSV).is_file():
-            return read_subtype_table(folder)
+            return folder
     raise DatasetError(f"no {SUBTYPES_CSV} in {raw / dataset_name} or {preprocessed / dataset_name}; "
                        "run `pancreas convert` (it writes the subtype table)")
+
+
+def find_subtypes(dataset_name: str, raw: Path, preprocessed: Path) -> dict[str, int]:
+    """``{case: subtype}`` of a dataset (see :func:`_table_folder` for where it is read)."""
+    return read_subtype_table(_table_folder(dataset_name, raw, preprocessed))
+
+
+def find_sources(dataset_name: str, raw: Path, preprocessed: Path) -> dict[str, str]:
+    """``{case: source}`` (real / phantom) of a dataset, from the same table as :func:`find_subtypes`."""
+    return read_sources(_table_folder(dataset_name, raw, preprocessed))
 
 
 def make_augmenters(dl_tr: nnUNetDataLoader, dl_val: nnUNetDataLoader, num_workers: int,

@@ -20,6 +20,7 @@ from pancreas import LABELS
 from pancreas.metrics import dice, macro_f1
 from pancreas.network import MultiTaskUNet
 from pancreas.sliding_window import WindowConfig, sliding_window
+from pancreas.sources import UNKNOWN
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +45,12 @@ class NetworkBackend:
 
 def evaluate_preprocessed(net: MultiTaskUNet, plans: dict[str, Any], configuration: str, folder: str,
                           keys: Sequence[str], subtypes: dict[str, int], *, device: torch.device,
-                          step_size: float = 0.5) -> dict[str, Any]:
-    """Per-case and mean metrics of ``net`` on preprocessed cases ``keys`` of ``folder``."""
+                          step_size: float = 0.5, sources: dict[str, str] | None = None) -> dict[str, Any]:
+    """Per-case and mean metrics of ``net`` on preprocessed cases ``keys`` of ``folder``.
+
+    ``subtypes`` holds the cases whose subtype is scored; ``sources`` (case -> real/phantom) adds a
+    ``by_source`` summary, so real and phantom scores are never mixed up.
+    """
     from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 
     patch = plans["configurations"][configuration]["patch_size"]
@@ -62,9 +67,11 @@ def evaluate_preprocessed(net: MultiTaskUNet, plans: dict[str, Any], configurati
             pred = result.logits.argmax(0).cpu().numpy()
             cases.append(case_metrics(key, pred, np.asarray(seg)[0], int(np.argmax(result.class_probabilities)),
                                       subtypes.get(key)))
+            cases[-1]["source"] = (sources or {}).get(key, UNKNOWN)
     finally:
         net.train(was_training)
-    return {"cases": cases, "summary": summarize(cases)}
+    by_source = {src: summarize([c for c in cases if c["source"] == src]) for src in sorted({c["source"] for c in cases})}
+    return {"cases": cases, "summary": summarize(cases), "by_source": by_source}
 
 
 def case_metrics(key: str, pred: np.ndarray, ref: np.ndarray, subtype_pred: int,

@@ -22,13 +22,18 @@ from typing import Any
 import torch
 
 from pancreas.bundle import Artifact, Bundle, BundleMetadata, NetworkConfig, provenance
+from pancreas.domain import measure
 from pancreas.errors import BundleError
+from pancreas.evaluation import NII
 from pancreas.network import load_network
+from training.nnunet_env import current, resolve_dataset
 from training.runner import fold_output_folder
+from training.subtypes import read_subtype_rows, source_counts
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINTS = {"final": "checkpoint_final.pth", "best": "checkpoint_best.pth"}
+DEFAULT_LICENCE_NOTE = "training data licence: as stated by each source (not recorded here)"
 
 
 def read_fold(folder: Path, checkpoint: str = "final") -> tuple[dict[str, torch.Tensor], NetworkConfig, dict]:
@@ -48,8 +53,13 @@ def read_fold(folder: Path, checkpoint: str = "final") -> tuple[dict[str, torch.
 def export_bundle(dataset: str | int, *, configuration: str, folds: Sequence[int | str], plans_identifier: str,
                   out: str | Path, da5: bool = False, checkpoint: str = "final", name: str | None = None,
                   description: str = "", metrics: dict[str, Any] | None = None,
-                  inference: dict[str, Any] | None = None, command: str | list[str] | None = None) -> Bundle:
-    """Write a bundle of ``folds`` to ``out`` (replaced if it exists) and return it, loaded and validated."""
+                  inference: dict[str, Any] | None = None, command: str | list[str] | None = None,
+                  licence_note: str = DEFAULT_LICENCE_NOTE) -> Bundle:
+    """Write a bundle of ``folds`` to ``out`` (replaced if it exists) and return it, loaded and validated.
+
+    ``training_data`` (sources, per-task data, licence note, input domain) is derived from the dataset's
+    subtype table and the first fold's ``train_options.json``.
+    """
     if checkpoint not in CHECKPOINTS:
         raise BundleError(f"checkpoint {checkpoint!r} is unknown; use one of {sorted(CHECKPOINTS)}")
     folders = [fold_output_folder(dataset, configuration=configuration, fold=f, plans_identifier=plans_identifier,
@@ -79,10 +89,29 @@ def export_bundle(dataset: str | int, *, configuration: str, folds: Sequence[int
     all_metrics.update(metrics or {})
     meta = BundleMetadata(name=name or f"{plans['dataset_name']}-{configuration}", description=description,
                           network=config, artifacts=artifacts, metrics=all_metrics, inference=inference or {},
+                          training_data=describe_training_data(dataset, folders[0], licence_note),
                           provenance=provenance(command))
     bundle = Bundle.write(out, meta, plans, dataset_json)
     logger.info("exported %d fold(s) to %s", len(artifacts), out)
     return bundle
+
+
+def describe_training_data(dataset: str | int, fold_folder: Path, licence_note: str) -> dict[str, Any]:
+    """What the folds were trained on: case counts per source, per-task sources, licence note, input domain."""
+    paths = current()
+    raw = paths.raw / resolve_dataset(dataset, paths)
+    rows = [r for r in read_subtype_rows(raw) if r.split != "test"]
+    counts = source_counts({r.case_id: r.source for r in rows})
+    options_file = fold_folder / "train_options.json"
+    options = json.loads(options_file.read_text()) if options_file.is_file() else {}
+    cls_sources = options.get("cls_sources") or sorted(counts)
+    cases = [r.case_id for r in rows if (raw / "imagesTr" / f"{r.case_id}_0000{NII}").is_file()]
+    domain = measure([raw / "imagesTr" / f"{c}_0000{NII}" for c in cases],
+                     [raw / "labelsTr" / f"{c}{NII}" for c in cases]) if cases else None
+    return {"dataset": raw.name, "sources": counts,
+            "tasks": {"segmentation": {"trained_on": sorted(counts)},
+                      "classification": {"trained_on": sorted(cls_sources)}},
+            "licence": licence_note, **({"domain": domain.to_json()} if domain is not None else {})}
 
 
 def _cv_summary(base: Path) -> dict[str, Any]:

@@ -28,6 +28,7 @@ import copy
 import json
 import logging
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from time import time
 from typing import Any
 
@@ -46,7 +47,8 @@ from pancreas import LABELS
 from pancreas.bundle import HeadConfig, NetworkConfig
 from pancreas.errors import DatasetError
 from pancreas.network import MultiTaskUNet, build_network
-from training.dataloading import LesionOversamplingDataLoader, find_subtypes, make_augmenters
+from pancreas.sources import SOURCES, UNKNOWN
+from training.dataloading import LesionOversamplingDataLoader, find_sources, find_subtypes, make_augmenters
 from training.losses import (
     ClassificationLoss,
     FocalCELoss,
@@ -56,7 +58,7 @@ from training.losses import (
     lesion_presence_weight,
 )
 from training.nnunet_env import current
-from training.subtypes import read_quiz_splits
+from training.subtypes import read_quiz_splits, stratified_splits
 
 logger = logging.getLogger(__name__)
 
@@ -84,10 +86,19 @@ class TrainOptions:
     oversample_foreground: float = 0.5
     lesion_oversample: float = 0.5
     absent_lesion_weight: float = 0.25
+    #: sources whose cases train the classifier (None: all). ``("phantom",)`` keeps real cases that are all
+    #: one subtype from teaching "real texture means that subtype"; they still train the segmentation.
+    cls_sources: tuple[str, ...] | None = None
     da5: bool = False
     num_workers: int = 0
     save_every: int = 50
     evaluate: bool = True
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.cls_sources or ()) - set(SOURCES))
+        if unknown or self.cls_sources == ():
+            raise DatasetError(f"cls_sources {self.cls_sources!r}: each must be one of {list(SOURCES)} "
+                               "(None trains the classifier on every case)")
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -147,6 +158,7 @@ class MultiTaskTrainer(nnUNetTrainer):
         self._epoch: dict[str, Any] = {}
         paths = current()
         self.subtypes = find_subtypes(self.plans_manager.dataset_name, paths.raw, paths.preprocessed)
+        self.sources = find_sources(self.plans_manager.dataset_name, paths.raw, paths.preprocessed)
         self.set_options(self.default_options)
 
     # ---- configuration ------------------------------------------------------------------------------
@@ -169,9 +181,16 @@ class MultiTaskTrainer(nnUNetTrainer):
         """nnU-Net's log file only; the console gets our per-epoch line (logging) instead."""
         super().print_to_log_file(*args, also_print_to_console=False, add_timestamp=add_timestamp)
 
+    def classifies(self, case: str) -> bool:
+        """Whether ``case`` contributes to the classification loss (see ``TrainOptions.cls_sources``)."""
+        allowed = self.options.cls_sources
+        return allowed is None or self.sources.get(case) in allowed
+
     def do_split(self) -> tuple[list[str], list[str]]:
-        """nnU-Net's 5-fold split; ``fold="quiz"`` uses the quiz's own train/validation split instead."""
+        """nnU-Net's 5-fold split (per source when the dataset mixes sources, see
+        :func:`training.subtypes.stratified_splits`); ``fold="quiz"`` uses the quiz's own split instead."""
         if self.fold != QUIZ_FOLD:
+            self._write_stratified_splits()
             return super().do_split()
         paths = current()
         name = self.plans_manager.dataset_name
@@ -182,6 +201,16 @@ class MultiTaskTrainer(nnUNetTrainer):
             raise DatasetError(f"fold 'quiz' needs quiz_splits.json in {paths.raw / name}; the dataset was not "
                                "converted from a quiz folder with a validation split")
         return list(split["train"]), list(split["validation"])
+
+    def _write_stratified_splits(self) -> None:
+        splits_file = Path(self.preprocessed_dataset_folder_base) / "splits_final.json"
+        if self.fold == "all" or splits_file.is_file() or len(set(self.sources.values())) < 2:
+            return
+        cases = self.dataset_class.get_identifiers(self.preprocessed_dataset_folder) if self.dataset_class \
+            else infer_dataset_class(self.preprocessed_dataset_folder).get_identifiers(self.preprocessed_dataset_folder)
+        splits = stratified_splits({c: self.sources.get(c, UNKNOWN) for c in cases})
+        splits_file.write_text(json.dumps(splits, indent=1))
+        logger.info("wrote a source-stratified 5-fold split to %s", splits_file)
 
     # ---- hooks: network, loss, optimizer -------------------------------------------------------------
     def build_network_architecture(self, plans_manager: Any, configuration_manager: Any, num_input_channels: int,
@@ -204,7 +233,8 @@ class MultiTaskTrainer(nnUNetTrainer):
         weights = None
         if o.balanced_class_weights:
             tr_keys, _ = self.do_split()
-            weights = balanced_class_weights([self.subtypes[k] for k in tr_keys if k in self.subtypes],
+            weights = balanced_class_weights([self.subtypes[k] for k in tr_keys
+                                              if k in self.subtypes and self.classifies(k)],
                                              self.network_config.num_cls_classes)
         cls = ClassificationLoss(weights, o.label_smoothing, o.cls_focal_gamma)
         return MultiTaskLoss(seg, cls, self.loss_weighting).to(self.device)
@@ -254,6 +284,9 @@ class MultiTaskTrainer(nnUNetTrainer):
             raise DatasetError(f"case {exc} has no entry in subtypes.csv; re-run `pancreas convert`") from exc
         top = target[0] if isinstance(target, list) else target
         weight = lesion_presence_weight(top, LABELS["lesion"], self.options.absent_lesion_weight)
+        if self.options.cls_sources is not None:
+            keep = torch.tensor([self.classifies(k) for k in batch["keys"]], device=weight.device)
+            weight = weight * keep.to(weight.dtype)
         return data, target, labels, weight
 
     def _autocast(self) -> Any:
@@ -299,9 +332,10 @@ class MultiTaskTrainer(nnUNetTrainer):
         onehot = torch.zeros(out.shape, device=out.device, dtype=torch.float16)
         onehot.scatter_(1, out.argmax(1, keepdim=True), 1)
         tp, fp, fn, _ = get_tp_fp_fn_tn(onehot, tgt, axes=[0, *range(2, out.ndim)])
+        keep = weight > 0 if self.options.cls_sources is not None else torch.ones_like(labels, dtype=torch.bool)
         return {"loss": loss.detach().cpu().numpy(), "tp_hard": tp.detach().cpu().numpy()[1:],
                 "fp_hard": fp.detach().cpu().numpy()[1:], "fn_hard": fn.detach().cpu().numpy()[1:],
-                "cls_pred": cls.argmax(1).cpu().tolist(), "cls_true": labels.cpu().tolist()}
+                "cls_pred": cls.argmax(1)[keep].cpu().tolist(), "cls_true": labels[keep].cpu().tolist()}
 
     def on_validation_epoch_end(self, val_outputs: list[dict]) -> None:
         super().on_validation_epoch_end(val_outputs)
@@ -346,9 +380,10 @@ class MultiTaskTrainer(nnUNetTrainer):
         _, val_keys = self.do_split()
         self.set_deep_supervision_enabled(False)
         try:
+            scored = {k: v for k, v in self.subtypes.items() if self.classifies(k)}
             metrics = evaluate_preprocessed(self._plain_network(), self.plans_manager.plans, self.configuration_name,
-                                            self.preprocessed_dataset_folder, val_keys, self.subtypes,
-                                            device=self.device)
+                                            self.preprocessed_dataset_folder, val_keys, scored,
+                                            device=self.device, sources=self.sources)
         finally:
             self.set_deep_supervision_enabled(True)
         with open(f"{self.output_folder}/validation_metrics.json", "w") as f:

@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("pancreas.cli.plan", "nnU-Net fingerprint, plan and preprocess a dataset"),
     "train": ("pancreas.cli.train", "train the multi-task network (one fold or 5-fold CV)"),
     "ablate": ("pancreas.cli.ablate", "train head/loss variants on the same budget and compare"),
+    "oof": ("pancreas.cli.oof", "out-of-fold cross-validation of a fold-ensemble bundle, per data source"),
     "predict": ("pancreas.cli.predict", "predict masks and subtypes for a folder of CTs"),
     "export-bundle": ("pancreas.cli.export_bundle", "write a model bundle from a training output"),
     "optimize": ("pancreas.cli.optimize", "ONNX / FP16 / INT8 / pruning / distillation / TensorRT"),

@@ -12,8 +12,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "source",
         type=Path,
+        nargs="+",
         metavar="QUIZ_DIR",
-        help="quiz folder ({train,validation}/subtype{k}/...) or an nnU-Net raw dataset folder",
+        help="quiz folder ({train,validation}/subtype{k}/...) or an nnU-Net raw dataset folder; several quiz "
+        "folders (e.g. real cases and `pancreas synth` phantoms) are merged, each case keeping its source",
     )
     parser.add_argument("--dataset-id", type=int, required=True, help="nnU-Net dataset id (1..999), e.g. 501")
     parser.add_argument("--name", default="PancreasQuiz", help="dataset name (default: %(default)s)")
@@ -52,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
         f"training cases: {len(list((out / 'labelsTr').glob('*.nii.gz')))}  "
         f"test images: {len(list((out / 'imagesTs').glob('*.nii.gz')))}"
     )
+    sources = Counter(r.source for r in rows if r.split != "test")
+    print("  sources     " + ", ".join(f"{k}: {n}" for k, n in sorted(sources.items())))
     for split, counts in sorted(
         {s: Counter(r.subtype for r in rows if r.split == s) for s in {r.split for r in rows}}.items()
     ):

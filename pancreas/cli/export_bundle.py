@@ -24,6 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="labelled phantom split (e.g. phantoms/validation): run pancreas predict + evaluate "
                              "on it and record phantom_* metrics in the bundle")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for --evaluate-on")
+    parser.add_argument("--licence-note", default=None,
+                        help="where the training data came from and its licence, recorded in training_data")
     parser.add_argument("--workdir", type=Path, default=Path("work_dirs"))
 
 
@@ -36,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
     extra = json.loads(args.metrics.read_text()) if args.metrics else None
     bundle = export_bundle(args.dataset, configuration=args.config, folds=folds, plans_identifier=args.plans,
                            out=args.out, da5=args.da5, checkpoint=args.checkpoint, name=args.name,
-                           description=args.description, metrics=extra)
+                           description=args.description, metrics=extra,
+                           **({"licence_note": args.licence_note} if args.licence_note else {}))
     if args.evaluate_on:
         import tempfile
 

@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", required=True, help="comma-separated recipes, e.g. onnx,int8 or prune:0.3,onnx")
     parser.add_argument("--out", type=Path, required=True, help="output bundle folder (must be new or empty)")
     parser.add_argument("--data", type=Path, default=None, help="quiz-layout phantom folder (train/, validation/)")
-    parser.add_argument("--fold", default=None, help="which fold's weights to optimize (default: the first)")
+    parser.add_argument("--fold", default=None, help="which fold's weights to optimize (default: the first; all: every fold, merged)")
     parser.add_argument("--calib-cases", type=int, default=8, help="training cases for INT8 calibration")
     parser.add_argument("--calib-per-case", type=int, default=2, help="calibration patches per case")
     parser.add_argument("--val-cases", type=int, default=6, help="validation cases for parity and accuracy")
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
     from optimize.distill import DistillConfig, NnUNetFinetune
     from optimize.quantize import Int8Config
-    from optimize.recipes import OptimizeOptions, optimize_bundle
+    from optimize.recipes import OptimizeOptions, optimize_bundle, optimize_folds
     from optimize.tensorrt_build import TrtBuildConfig
 
     fold = int(args.fold) if args.fold is not None and str(args.fold).isdigit() else args.fold
@@ -70,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
                                temperature=args.kd_temperature), nnunet=nnunet,
         int8=Int8Config(methods=tuple(m.strip() for m in args.calibration.split(",") if m.strip())),
         trt=TrtBuildConfig(max_batch=args.trt_max_batch), command=" ".join(["pancreas", *sys.argv[1:]]))
-    bundle = optimize_bundle(args.bundle, args.recipe, args.out, options=options)
+    run_recipes = optimize_folds if fold == "all" else optimize_bundle
+    bundle = run_recipes(args.bundle, args.recipe, args.out, options=options)
     rows = [{"recipe": r["recipe"], "precision": r["precision"], "artifact": r["artifact"],
              "parity_agreement": (r.get("parity") or {}).get("agreement"),
              "accuracy_delta": r["accuracy"]["delta"], "latency_ms_per_patch": r["latency_ms_per_patch"]}

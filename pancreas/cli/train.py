@@ -38,6 +38,9 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
                         help="probability that a foreground patch is centred on the lesion")
     parser.add_argument("--oversample-foreground", type=float, default=0.5)
     parser.add_argument("--da5", action="store_true", help="nnU-Net's DA5 augmentation")
+    parser.add_argument("--cls-sources", default=None, metavar="SOURCES",
+                        help="comma-separated case sources that train the classifier, e.g. phantom (default: all); "
+                             "the others still train the segmentation")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--workers", type=int, default=0, help="data-augmentation processes (0: in-process)")
@@ -64,7 +67,8 @@ def options_from_args(args: argparse.Namespace, **overrides: object):
         "weighting": args.weighting, "cls_focal_gamma": args.focal, "label_smoothing": args.label_smoothing,
         "seg_focal_gamma": args.seg_focal, "seg_class_weights": args.seg_class_weights,
         "lesion_oversample": args.lesion_oversample, "oversample_foreground": args.oversample_foreground,
-        "da5": args.da5, "num_workers": args.workers}
+        "da5": args.da5, "num_workers": args.workers,
+        "cls_sources": tuple(v for v in args.cls_sources.split(",") if v) if args.cls_sources else None}
     kw.update(overrides)
     return TrainOptions(**kw)
 

@@ -5,6 +5,15 @@ Python API::
     from pancreas.phantoms import SynthConfig, PhantomCase, make_case, synthesize
     case = make_case(seed, subtype, shape="crop", headers="varied")  # image, mask (same header), meta
     synthesize(Path("phantoms"), SynthConfig(cases_per_subtype=4))     # quiz layout + phantoms.json
+    make_case(seed, subtype, profile="quiz")  # distributions measured on the real quiz data
+
+Profiles [profiles]: every distribution below comes from one :class:`~pancreas.phantoms.profiles.Profile`.
+``classic`` (the default) is described here and is bit-identical to the phantoms the demo model was trained
+on. ``quiz`` swaps in what ``benchmarks/real_facts.py`` measured on the real data [calibration]: parenchyma
+and lesion volumes per subtype (the gland is rescaled to the drawn volume [sizing]), pancreas HU 36-119,
+subtype-2 lesions -41..+28 HU from the pancreas, fat ~-80 HU, slice spacing 0.45-8 mm and in-plane
+0.33-0.98 mm around the real medians (2.0 / 0.73 mm), measured crop extents, and about 3x the classic
+noise (total sigma ~23-40 HU, giving the real spread of the pancreas HU).
 
 How a case is made (modules in brackets):
 
@@ -19,7 +28,7 @@ How a case is made (modules in brackets):
    label 2 always replaces label-1 voxels. Diameters are 5-35 mm, 80 % of them 10-30 mm.
 3. HU per tissue in a per-case contrast phase [tissues], parenchymal texture, the lesion blended in,
    partial-volume blur, white + in-plane correlated noise (total sigma ~7-13 HU) [noise].
-4. Field of view [case]: ``crop`` is a quiz-like ROI around the pancreas (median extent of the quiz,
+4. Field of view [fov]: ``crop`` is a quiz-like ROI around the pancreas (median extent of the quiz,
    64x119x178 voxels at 2.0x0.73x0.73 mm, varied +-15 %; z spacing 1.5-3 mm for 80 % of cases, otherwise
    0.7-1.5 or 3-5 mm, 24-112 slices); ``full`` is a 512x512 abdominal CT with 80-300 slices of 0.7-5 mm.
    In-plane spacing is 0.6-0.9 mm.

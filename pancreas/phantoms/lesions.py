@@ -12,16 +12,20 @@ Appearance per subtype (HU relative to the case's pancreas ``P``; the ranges ove
   them and a septum in a quarter.
 * 2 hyperenhancing (60 %: ``P + 15 .. P + 50``, mildly sharp) or iso-dense (``P - 18 .. P + 8``) with an
   enhancing 1.5-3 mm rim; 25 % of the hyperenhancing ones have a faint rim too.
+
+These are the classic looks and diameters (5-35 mm); a :class:`LesionModel` swaps them per subtype (the
+``quiz`` profile draws the diameter from measured volumes and subtype 2 as a :class:`RelativeLook`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from pancreas.phantoms.anatomy import PANCREAS_PARTS, PancreasShape
+from pancreas.phantoms.distributions import Distribution, Mixture, Uniform
 from pancreas.phantoms.geometry import Grid, Waves, ellipsoid, rotation
 
 #: lesion location probabilities
@@ -71,43 +75,79 @@ def _enhancing(rng: np.random.Generator, p: float) -> Look:
                 rim_mm=rng.uniform(1.5, 3.0), rim_hu=rng.uniform(35, 65))
 
 
+LookFn = Callable[[np.random.Generator, float], Look]
 #: subtype -> appearance sampler (given the pancreas HU)
-LOOKS: dict[int, Callable[[np.random.Generator, float], Look]] = {0: _solid, 1: _cyst, 2: _enhancing}
+LOOKS: dict[int, LookFn] = {0: _solid, 1: _cyst, 2: _enhancing}
+
+
+@dataclass(frozen=True)
+class RelativeLook:
+    """A lesion whose core is ``pancreas HU + delta`` (``delta`` drawn first), without rim or septum."""
+
+    delta: Distribution
+    edge_mm: Uniform = field(default_factory=lambda: Uniform(0.4, 0.9))
+    texture: Uniform = field(default_factory=lambda: Uniform(2.0, 5.0))
+
+    def __call__(self, rng: np.random.Generator, p: float) -> Look:
+        return Look(core_hu=p + self.delta.sample(rng), edge_mm=self.edge_mm.sample(rng),
+                    texture=self.texture.sample(rng))
+
+
+@dataclass(frozen=True)
+class EquivalentDiameter:
+    """Diameter (mm) of the sphere whose volume is drawn from ``volume_ml``."""
+
+    volume_ml: Distribution
+
+    def sample(self, rng: np.random.Generator) -> float:
+        return float(np.cbrt(6.0 * 1000.0 * self.volume_ml.sample(rng) / np.pi))
+
+
+#: 5-35 mm, biased to 10-30 mm (80 %) so that a small network can learn to segment most lesions
+CLASSIC_DIAMETER = Mixture(((0.1, 5.0, 10.0), (0.2, 30.0, 35.0), (1.0, 10.0, 30.0)))
+
+
+@dataclass(frozen=True)
+class LesionModel:
+    """Per subtype: the nominal diameter (mm) and the appearance sampler."""
+
+    diameter: Mapping[int, Distribution] = field(default_factory=lambda: dict.fromkeys((0, 1, 2),
+                                                                                       CLASSIC_DIAMETER))
+    looks: Mapping[int, LookFn] = field(default_factory=lambda: dict(LOOKS))
 
 
 def draw_diameter(rng: np.random.Generator) -> float:
-    """5-35 mm, biased to 10-30 mm (80 %) so that a small network can learn to segment most lesions."""
-    u = rng.random()
-    if u < 0.1:
-        return float(rng.uniform(5, 10))
-    if u < 0.2:
-        return float(rng.uniform(30, 35))
-    return float(rng.uniform(10, 30))
+    """The classic diameter (see :data:`CLASSIC_DIAMETER`)."""
+    return CLASSIC_DIAMETER.sample(rng)
 
 
-def draw_lesion(rng: np.random.Generator, subtype: int, pancreas: PancreasShape,
-                pancreas_hu: float) -> tuple[Lesion, PancreasShape]:
-    """A lesion for ``subtype`` and the pancreas bulged to contain it."""
+def draw_lesion(rng: np.random.Generator, subtype: int, pancreas: PancreasShape, pancreas_hu: float,
+                model: LesionModel | None = None) -> Lesion:
+    """A lesion for ``subtype`` on the pancreas centreline (see :func:`bulge` for the gland around it)."""
+    model = model or LesionModel()
     names = list(LOCATIONS)
     location = names[rng.choice(len(names), p=list(LOCATIONS.values()))]
     lo, hi = PANCREAS_PARTS[location]
     i = int(np.argmin(np.abs(pancreas.where - rng.uniform(lo, hi))))
-    diameter = draw_diameter(rng)
+    diameter = model.diameter[subtype].sample(rng)
     aspect = rng.uniform(0.85, 1.18, 3)
     semi = diameter / 2 * aspect / np.cbrt(np.prod(aspect))
     offset = rng.normal(0, 1, 3)
     offset *= rng.uniform(0, 0.25) * pancreas.radii[i] / np.linalg.norm(offset)
     center = pancreas.points[i] + offset
     lesion = Lesion(subtype=subtype, location=location, center=center, semi=semi, rot=rotation(rng, 90),
-                    diameter_mm=diameter, look=LOOKS[subtype](rng, pancreas_hu),
+                    diameter_mm=diameter, look=model.looks[subtype](rng, pancreas_hu),
                     waves=Waves.draw(rng, n=6, wavelength=(4, 10), amp=1.0))
-    return lesion, bulge(pancreas, lesion)
+    return lesion
 
 
-def bulge(pancreas: PancreasShape, lesion: Lesion) -> PancreasShape:
-    """Widen the gland around the lesion so the lesion (and the lobulated margin) stays inside it."""
+def bulge(pancreas: PancreasShape, lesion: Lesion, factor: float = 1.1, margin_mm: float = 2.5) -> PancreasShape:
+    """Widen the gland around the lesion so the lesion (and the lobulated margin) stays inside it.
+
+    Around the lesion the gland reaches ``(largest semi-axis + centreline offset) * factor + margin_mm``.
+    """
     u = np.linalg.norm(pancreas.points - lesion.center, axis=1)
-    reach = (lesion.semi.max() + u.min()) * 1.1 + 2.5
+    reach = (lesion.semi.max() + u.min()) * factor + margin_mm
     need = np.sqrt(np.maximum(reach ** 2 - u ** 2, 0.0))
     return replace(pancreas, radii=np.maximum(pancreas.radii, need))
 

@@ -9,6 +9,17 @@ from scipy import ndimage
 
 
 @dataclass(frozen=True)
+class NoiseRanges:
+    """Uniform ranges of the :class:`NoiseModel` fields (drawn in this order)."""
+
+    white: tuple[float, float] = (5.0, 9.0)
+    correlated: tuple[float, float] = (5.0, 9.0)
+    correlation_mm: tuple[float, float] = (0.6, 1.2)
+    blur_mm: tuple[float, float] = (0.4, 0.7)
+    slice_blur: tuple[float, float] = (0.3, 0.45)
+
+
+@dataclass(frozen=True)
 class NoiseModel:
     """Per-case noise: white and correlated standard deviations (HU) and blur widths (mm)."""
 
@@ -19,10 +30,10 @@ class NoiseModel:
     slice_blur: float  # z partial-volume sigma as a fraction of the slice spacing
 
     @classmethod
-    def draw(cls, rng: np.random.Generator) -> NoiseModel:
-        return cls(white=float(rng.uniform(5, 9)), correlated=float(rng.uniform(5, 9)),
-                   correlation_mm=float(rng.uniform(0.6, 1.2)), blur_mm=float(rng.uniform(0.4, 0.7)),
-                   slice_blur=float(rng.uniform(0.3, 0.45)))
+    def draw(cls, rng: np.random.Generator, ranges: NoiseRanges = NoiseRanges()) -> NoiseModel:
+        return cls(white=float(rng.uniform(*ranges.white)), correlated=float(rng.uniform(*ranges.correlated)),
+                   correlation_mm=float(rng.uniform(*ranges.correlation_mm)),
+                   blur_mm=float(rng.uniform(*ranges.blur_mm)), slice_blur=float(rng.uniform(*ranges.slice_blur)))
 
     @property
     def sigma(self) -> float:

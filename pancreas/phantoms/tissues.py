@@ -2,15 +2,20 @@
 
 Each case draws a phase ``p`` in [0, 1] (0 = late arterial / pancreatic, 1 = portal venous) and a small
 per-tissue jitter, so organ intensities vary from case to case as they do between scanners and
-injection protocols. ``texture`` is the amplitude (HU) of smooth parenchymal mottling.
+injection protocols. ``texture`` is the amplitude (HU) of smooth parenchymal mottling. A profile may
+replace a tissue's :class:`TissueHU` by a :class:`MeasuredHU` (drawn from real per-case medians).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Protocol
 
 import numpy as np
+
+from pancreas.phantoms.distributions import Distribution
 
 
 class T(IntEnum):
@@ -42,6 +47,28 @@ class TissueHU:
     jitter: float
     texture: float
     clip: tuple[float, float]
+
+    def draw(self, rng: np.random.Generator, p: float) -> float:
+        """HU in phase ``p``: interpolated, jittered (one ``rng.normal``) and clipped."""
+        value = self.arterial + p * (self.venous - self.arterial) + rng.normal(0, self.jitter)
+        return float(np.clip(value, *self.clip))
+
+
+@dataclass(frozen=True)
+class MeasuredHU:
+    """A tissue whose per-case HU is drawn from a measured distribution, whatever the phase."""
+
+    hu: Distribution
+    texture: float
+
+    def draw(self, rng: np.random.Generator, p: float) -> float:
+        return self.hu.sample(rng)
+
+
+class TissueSampler(Protocol):
+    texture: float
+
+    def draw(self, rng: np.random.Generator, p: float) -> float: ...
 
 
 #: contrast-CT numbers; ranges follow the issue (fat ~-100, bone 300-1000, vessels 150-250, organs 40-180,
@@ -76,13 +103,15 @@ class Phase:
     texture: np.ndarray  # float32 [n_tissues]
 
     @classmethod
-    def draw(cls, rng: np.random.Generator) -> Phase:
+    def draw(cls, rng: np.random.Generator, tissues: Mapping[T, TissueSampler] = TISSUES) -> Phase:
+        """The phase, then each tissue of ``tissues`` in order (every tissue id must be there)."""
+        if set(tissues) != set(T):
+            raise ValueError(f"tissue table lacks {sorted(set(T) - set(tissues))}")
         p = float(rng.uniform(0, 1))
         hu = np.zeros(len(T), np.float32)
         tex = np.zeros(len(T), np.float32)
-        for t, spec in TISSUES.items():
-            value = spec.arterial + p * (spec.venous - spec.arterial) + rng.normal(0, spec.jitter)
-            hu[t] = np.clip(value, *spec.clip)
+        for t, spec in tissues.items():
+            hu[t] = spec.draw(rng, p)
             tex[t] = spec.texture
         return cls(p=p, hu=hu, texture=tex)
 

@@ -17,7 +17,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from pancreas.errors import PancreasError
+from pancreas.phantoms.fov import GRIDS
 from pancreas.phantoms.headers import HEADER_MODES, Storage
+from pancreas.phantoms.profiles import PROFILES
 
 logger = logging.getLogger(__name__)
 
@@ -66,10 +68,9 @@ class SynthConfig:
     headers: str = "varied"
     preview: bool = False
     workers: int = 1
+    profile: str = "classic"
 
     def __post_init__(self) -> None:
-        from pancreas.phantoms.case import GRIDS
-
         if not isinstance(self.cases_per_subtype, int) or self.cases_per_subtype < 1:
             raise PancreasError(f"cases_per_subtype={self.cases_per_subtype!r} must be an integer >= 1",
                                 code="invalid_option")
@@ -82,6 +83,9 @@ class SynthConfig:
                                 code="invalid_option")
         if self.headers not in HEADER_MODES:
             raise PancreasError(f"headers {self.headers!r} is unknown; use one of {sorted(HEADER_MODES)}",
+                                code="invalid_option")
+        if self.profile not in PROFILES:
+            raise PancreasError(f"profile {self.profile!r} is unknown; use one of {sorted(PROFILES)}",
                                 code="invalid_option")
         if self.workers < 1:
             raise PancreasError(f"workers={self.workers} must be >= 1", code="invalid_option")
@@ -119,7 +123,8 @@ def plan_jobs(config: SynthConfig) -> list[Job]:
 def _run_job(job: Job, out: Path, config: SynthConfig) -> dict:
     from pancreas.phantoms.case import make_case
 
-    case = make_case(job.seed(config.seed), job.subtype, shape=config.shape, headers=config.headers)
+    case = make_case(job.seed(config.seed), job.subtype, shape=config.shape, headers=config.headers,
+                     profile=config.profile)
     image_path, mask_path = job.paths(out)
     case.write(image_path, mask_path)
     return {"case_id": mask_path.name[: -len(".nii.gz")], "split": job.split, "number": job.number,

@@ -23,7 +23,8 @@ def model_info(services: ServicesDep, _auth: ApiKeyDep) -> ModelInfo:
                      description=str(metadata.get("description", "")),
                      backend=str(info.get("backend", "")), precision=str(info.get("precision", "")),
                      device=str(info.get("device", "")), patch_size=list(patch) if patch else None,
-                     engine=_jsonable(info), metadata=metadata)
+                     engine=_jsonable(info), training_data=dict(metadata.get("training_data", {})),
+                     metadata=metadata)
 
 
 def _jsonable(value: object) -> object:

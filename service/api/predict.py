@@ -11,7 +11,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 
 from service.deps import ApiKeyDep, ServicesDep
 from service.pipeline import Served, predict_upload
-from service.schemas import ErrorResponse, PredictResponse, VolumesMl
+from service.schemas import ErrorResponse, InputWarningOut, PredictResponse, VolumesMl
 from service.uploads import FIELD
 
 router = APIRouter(tags=["predict"])
@@ -24,7 +24,7 @@ _ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 413, 415, 422, 
 _ERRORS[200] = {"content": {"application/gzip": {}},
                 "description": "JSON by default; the mask file itself with ?format=nifti or "
                                "Accept: application/gzip (metadata in X-Subtype, X-Probabilities, "
-                               "X-Volumes-Ml, X-Timings-Ms, X-Model headers)"}
+                               "X-Volumes-Ml, X-Timings-Ms, X-Model, X-Warnings headers)"}
 
 
 @router.post("/predict", response_model=PredictResponse, openapi_extra=_UPLOAD_BODY, responses=_ERRORS)
@@ -45,11 +45,15 @@ def _volumes(served: Served) -> VolumesMl:
     return VolumesMl(pancreas=float(v.get("pancreas", 0.0)), lesion=float(v.get("lesion", 0.0)))
 
 
+def _warnings(served: Served) -> list[InputWarningOut]:
+    return [InputWarningOut(**w.to_json()) for w in served.prediction.warnings]
+
+
 def _json_response(served: Served) -> PredictResponse:
     p = served.prediction
     return PredictResponse(subtype=int(p.subtype), probabilities=[float(x) for x in p.probabilities],
                            volumes_ml=_volumes(served), timings_ms=served.timings, model=served.model,
-                           mask=base64.b64encode(served.mask_gz).decode("ascii"))
+                           warnings=_warnings(served), mask=base64.b64encode(served.mask_gz).decode("ascii"))
 
 
 def _file_response(served: Served) -> Response:
@@ -60,6 +64,7 @@ def _file_response(served: Served) -> Response:
         "X-Volumes-Ml": _volumes(served).model_dump_json(),
         "X-Timings-Ms": served.timings.model_dump_json(),
         "X-Model": served.model.model_dump_json(),
+        "X-Warnings": json.dumps([w.model_dump() for w in _warnings(served)]),
         "Content-Disposition": 'attachment; filename="mask.nii.gz"',
     }
     return Response(served.mask_gz, media_type="application/gzip", headers=headers)

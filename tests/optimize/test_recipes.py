@@ -162,3 +162,35 @@ def test_recommendation_skips_int8_that_measured_slower():
     assert _recommended(arts, slower) == {"backend": "onnxruntime", "precision": "fp32"}
     assert _recommended(arts, faster) == {"backend": "onnxruntime", "precision": "int8"}
     assert _recommended(arts[:1]) == {"backend": "torch", "precision": "fp32"}
+
+
+@pytest.mark.slow
+def test_every_fold_is_optimized_and_served_as_an_onnx_ensemble(phantoms, tmp_path):
+    """--fold all: one parity-gated ONNX model per fold; onnxruntime serves all folds and matches torch."""
+    import numpy as np
+
+    from optimize.recipes import optimize_folds
+    from pancreas.engine import Engine, EngineConfig
+    from pancreas.nifti import read_volume
+    from pancreas.testing import make_random_bundle, tiny_plans
+
+    from .conftest import FEATURES, PATCH
+
+    source = make_random_bundle(tmp_path / "src", seed=4, folds=2, plans=tiny_plans(patch_size=PATCH,
+                                                                                     features=FEATURES))
+    source.metadata.training_data["sources"] = {"phantom": 2}
+    source = source.write(source.root, source.metadata, source.plans, source.dataset)
+    out = optimize_folds(source, "onnx", tmp_path / "opt", options=_options(phantoms))
+    onnx = out.artifacts("onnx", "fp32")
+    assert sorted(a.fold for a in onnx) == [0, 1] and len({a.path for a in onnx}) == 2
+    assert sorted(a.fold for a in out.artifacts("torch")) == [0, 1]
+    assert sorted(r["fold"] for r in out.metadata.optimization) == [0, 1]
+    assert out.metadata.training_data == {"sources": {"phantom": 2}}
+    assert not list((tmp_path / "opt").glob(".fold_*"))
+    volume = read_volume(next((phantoms / "validation").rglob("*_0000.nii.gz")))
+    ort = Engine.from_bundle(out.root, EngineConfig(backend="onnxruntime", device="cpu"))
+    ref = Engine.from_bundle(out.root, EngineConfig(backend="torch", device="cpu"))
+    assert ort.info["folds"] == 2
+    a, b = ort.predict(volume), ref.predict(volume)
+    assert np.mean(a.mask == b.mask) > 0.999
+    assert np.allclose(a.probabilities, b.probabilities, atol=1e-3)

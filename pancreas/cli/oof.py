@@ -1,0 +1,40 @@
+"""Out-of-fold cross-validation of a fold-ensemble bundle on each case's original grid: every fold model
+predicts the cases its fold held out, through the same engine as ``pancreas predict``; whole/lesion DSC,
+NSD@2 mm and HD95 per case and per source (real / phantom), subtype recall or macro-F1.
+Example: ``pancreas oof runs/bundle --dataset 503 --workdir runs/mix --out runs/oof --scored-sources phantom``"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("bundle", type=Path, help="bundle exported with --folds 0,1,2,3,4")
+    parser.add_argument("--dataset", required=True, help="dataset id or name the folds were trained on")
+    parser.add_argument("--workdir", type=Path, default=Path("work_dirs"), help="nnU-Net work root (%(default)s)")
+    parser.add_argument("--out", type=Path, required=True, help="folder for masks/, oof.{json,md,png}")
+    parser.add_argument("--scored-sources", default=None,
+                        help="comma-separated sources whose subtype is scored (those that trained the classifier)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from pancreas.engine import EngineConfig
+    from training.nnunet_env import configure, resolve_dataset
+    from training.oof import out_of_fold
+    from training.subtypes import read_sources, read_subtypes
+
+    paths = configure(args.workdir)
+    name = resolve_dataset(args.dataset, paths)
+    splits = json.loads((paths.preprocessed / name / "splits_final.json").read_text())
+    raw = paths.raw / name
+    scored = tuple(s for s in args.scored_sources.split(",") if s) if args.scored_sources else None
+    report = out_of_fold(args.bundle, raw, splits, out=args.out, subtypes=read_subtypes(raw),
+                         sources=read_sources(raw), scored_sources=scored,
+                         config=EngineConfig(backend="torch", device="cpu", num_threads=args.threads))
+    print(report.markdown().split("\n\n| case")[0])
+    print(f"written: {report.files}")
+    return 0
