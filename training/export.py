@@ -52,6 +52,7 @@ def read_fold(folder: Path, checkpoint: str = "final") -> tuple[dict[str, torch.
 
 def export_bundle(dataset: str | int, *, configuration: str, folds: Sequence[int | str], plans_identifier: str,
                   out: str | Path, da5: bool = False, checkpoint: str = "final", name: str | None = None,
+                  trainer_name: str | None = None,
                   description: str = "", metrics: dict[str, Any] | None = None,
                   inference: dict[str, Any] | None = None, command: str | list[str] | None = None,
                   licence_note: str = DEFAULT_LICENCE_NOTE) -> Bundle:
@@ -63,7 +64,7 @@ def export_bundle(dataset: str | int, *, configuration: str, folds: Sequence[int
     if checkpoint not in CHECKPOINTS:
         raise BundleError(f"checkpoint {checkpoint!r} is unknown; use one of {sorted(CHECKPOINTS)}")
     folders = [fold_output_folder(dataset, configuration=configuration, fold=f, plans_identifier=plans_identifier,
-                                  da5=da5) for f in folds]
+                                  da5=da5, trainer_name=trainer_name) for f in folds]
     base = folders[0].parent
     plans = json.loads((base / "plans.json").read_text())
     plans.pop("continue_training", None)

@@ -76,6 +76,17 @@ class OOFReport:
                          f"{r['gt_subtype']} | {r['pred_subtype']} | {r['pancreas_ml']:.1f} |")
         return "\n".join(lines)
 
+    def bundle_metrics(self) -> dict[str, Any]:
+        """Flat ``{source}_oof_*`` means (and sds) to record in the bundle's metadata, per source."""
+        out: dict[str, Any] = {}
+        for source, s in self.summary().items():
+            for key in REPORT_KEYS:
+                out[f"{source}_oof_{key}"] = s[key]
+                out[f"{source}_oof_{key}_sd"] = s["std"][key]
+            out[f"{source}_oof_n_cases"] = s["n_cases"]
+            out[f"{source}_oof_subtype"] = s["subtype"]
+        return jsonable(out)
+
     def write(self, out: str | Path) -> dict[str, str]:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -88,15 +99,17 @@ class OOFReport:
 
 
 def subtype_block(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Macro-F1 over the scored subtypes when several are present, else per-subtype recall only."""
-    scored = [r for r in rows if r.get("gt_subtype") is not None and r.get("subtype_scored", True)]
+    """Per-subtype recall, and macro-F1 when all three subtypes are present; ``classifier_trained`` says
+    whether these cases' source trained the classifier (if not, the figures are out-of-domain)."""
+    scored = [r for r in rows if r.get("gt_subtype") is not None]
     truth = [int(r["gt_subtype"]) for r in scored]
     pred = [int(r["pred_subtype"]) for r in scored]
     present = sorted(set(truth))
     recall = {str(k): float(np.mean([p == k for t, p in zip(truth, pred) if t == k])) for k in present}
     return {"n_cases": len(scored), "present": present, "recall": recall,
             "macro_f1": macro_f1(truth, pred) if len(present) == 3 else None,
-            "counts": {str(k): truth.count(k) for k in present}}
+            "counts": {str(k): truth.count(k) for k in present},
+            "classifier_trained": all(r.get("subtype_scored", True) for r in scored)}
 
 
 def describe_subtypes(block: Mapping[str, Any]) -> str:
@@ -104,8 +117,10 @@ def describe_subtypes(block: Mapping[str, Any]) -> str:
         return "no subtype-labelled cases"
     recall = ", ".join(f"subtype {k}: recall {v:.3f} (n={block['counts'][k]})" for k, v in block["recall"].items())
     f1 = f"macro-F1 {block['macro_f1']:.4f}; " if block.get("macro_f1") is not None else \
-        "no macro-F1 (not all three subtypes present); "
-    return f1 + recall
+        "no macro-F1 (not all three subtypes present, so recall is the only figure); "
+    trained = "" if block.get("classifier_trained", True) else \
+        " (the classifier was not trained on this source: an out-of-domain figure)"
+    return f1 + recall + trained
 
 
 def plot_cases(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
@@ -147,7 +162,7 @@ def out_of_fold(bundle: str | Path | Bundle, raw_dataset: str | Path, splits: Se
     Args:
         raw_dataset: the nnU-Net raw dataset folder (``imagesTr/``, ``labelsTr/``).
         splits: nnU-Net's ``splits_final.json`` content (fold ``k`` -> ``{"train", "val"}``).
-        scored_sources: sources whose subtype counts (those that trained the classifier; None: all).
+        scored_sources: sources that trained the classifier (None: all); others are flagged out-of-domain.
         config: engine options (default: torch on CPU).
     """
     from tqdm.auto import tqdm

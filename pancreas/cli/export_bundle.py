@@ -16,6 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plans", default="nnUNetPlans", help="plans identifier, e.g. nnUNetPlansTiny")
     parser.add_argument("--checkpoint", choices=("final", "best"), default="final")
     parser.add_argument("--da5", action="store_true", help="the folds were trained with --da5")
+    parser.add_argument("--trainer", default=None,
+                        help="trainer folder name, e.g. MultiTaskTrainer_baseline for an ablation row")
     parser.add_argument("--name", default=None, help="bundle name (default: DATASET-CONFIG)")
     parser.add_argument("--description", default="")
     parser.add_argument("--metrics", type=Path, default=None, help="JSON file of extra metrics to record")
@@ -37,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     folds = [int(f) if f.isdigit() else f for f in args.folds.split(",") if f]
     extra = json.loads(args.metrics.read_text()) if args.metrics else None
     bundle = export_bundle(args.dataset, configuration=args.config, folds=folds, plans_identifier=args.plans,
-                           out=args.out, da5=args.da5, checkpoint=args.checkpoint, name=args.name,
+                           out=args.out, da5=args.da5, checkpoint=args.checkpoint, name=args.name, trainer_name=args.trainer,
                            description=args.description, metrics=extra,
                            **({"licence_note": args.licence_note} if args.licence_note else {}))
     if args.evaluate_on:

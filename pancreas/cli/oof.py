@@ -17,6 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scored-sources", default=None,
                         help="comma-separated sources whose subtype is scored (those that trained the classifier)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--record", action="store_true",
+                        help="record the {source}_oof_* means in the bundle's metadata.metrics")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,6 +37,12 @@ def run(args: argparse.Namespace) -> int:
     report = out_of_fold(args.bundle, raw, splits, out=args.out, subtypes=read_subtypes(raw),
                          sources=read_sources(raw), scored_sources=scored,
                          config=EngineConfig(backend="torch", device="cpu", num_threads=args.threads))
+    if args.record:
+        from training.export import record_metrics
+
+        record_metrics(args.bundle, {**report.bundle_metrics(),
+                                     "oof_measured_with": "pancreas oof (torch, cpu, each fold on its held-out cases, "
+                                                          "original grid, postprocessing as recorded)"})
     print(report.markdown().split("\n\n| case")[0])
     print(f"written: {report.files}")
     return 0

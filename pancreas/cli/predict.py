@@ -12,8 +12,8 @@ import argparse
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-i", "--images", required=True, help="a .nii(.gz) file, a quiz split folder or a flat folder")
     parser.add_argument("-o", "--out", required=True, help="output folder")
-    parser.add_argument("--model", action="append", required=True, metavar="BUNDLE",
-                        help="model bundle folder (repeat for an ensemble over configurations)")
+    parser.add_argument("--model", action="append", default=None, metavar="BUNDLE",
+                        help="model bundle folder (default: the demo bundle; repeat for an ensemble over configurations)")
     parser.add_argument("--backend", default="auto", help="auto | torch | onnxruntime | tensorrt | torch_export (default: auto)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
     parser.add_argument("--precision", default="fp32", help="fp32 | fp16 | bf16 | int8 (default: fp32)")
@@ -34,7 +34,10 @@ def run(args: argparse.Namespace) -> int:
                           batch_size=args.batch_size, step_size=args.step_size, tta=args.tta,
                           coarse_to_fine=args.coarse_to_fine, postprocess=not args.no_postprocess,
                           compile=args.compile, num_threads=args.threads)
-    summary = predict_cases(images=args.images, out=args.out, models=args.model, config=config)
+    from pancreas.bundle import default_bundle_path
+
+    models = args.model or [default_bundle_path()]
+    summary = predict_cases(images=args.images, out=args.out, models=models, config=config)
     cases = summary["cases"]
     print(f"{'case':<24} {'subtype':>7} {'pancreas_ml':>11} {'lesion_ml':>9} {'total_ms':>9}")
     for cid, r in cases.items():

@@ -91,4 +91,29 @@ def test_demo_real_ct(demo_server, util, tmp_path):
     mask = util.decode_mask(body["mask"], tmp_path)
     assert same_grid(mask, sitk.ReadImage(str(util.real_ct)), tol=1e-5)
     logger.warning("demo model on the real CT: %s", json.dumps(
-        {k: body[k] for k in ("subtype", "probabilities", "volumes_ml", "timings_ms")}))
+        {k: body[k] for k in ("subtype", "probabilities", "volumes_ml", "timings_ms", "warnings")}))
+    # a full abdomen is unlike the training crops: a warning, or else a plausible pancreas (real: 28-180 mL)
+    assert body["warnings"] or body["volumes_ml"]["pancreas"] <= 200.0, body["volumes_ml"]
+
+
+QUIZ_TEST = Path(__file__).resolve().parents[3] / "shared" / "data" / "quiz-real" / "test"
+
+
+@pytest.mark.slow
+def test_real_quiz_test_images_through_the_service(demo_server, util, tmp_path):
+    """All real quiz test images (no labels exist): 200, a mask on each input's exact grid, a plausible volume."""
+    images = sorted(QUIZ_TEST.glob("*_0000.nii.gz")) if QUIZ_TEST.is_dir() else []
+    if not images:
+        pytest.skip(f"real quiz test images not found at {QUIZ_TEST} (unlicensed data, never committed)")
+    volumes = []
+    with demo_server.client(timeout=300) as c:
+        for path in images:
+            r = util.post_ct(c, path.read_bytes(), filename=path.name)
+            assert r.status_code == 200, (path.name, r.text)
+            body = r.json()
+            mask = util.decode_mask(body["mask"], tmp_path, name=f"{path.name}.mask.nii.gz")
+            assert same_grid(mask, sitk.ReadImage(str(path)), tol=1e-5), path.name
+            assert body["subtype"] in SUBTYPES
+            volumes.append(body["volumes_ml"]["pancreas"])
+    logger.warning("demo model on %d real quiz test images: pancreas mL %s", len(images), np.round(volumes, 1))
+    assert np.median(volumes) < 300.0

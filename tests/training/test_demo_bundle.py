@@ -15,10 +15,14 @@ def test_demo_bundle_loads_and_records_phantom_metrics() -> None:
 
     bundle = Bundle.load(default_bundle_path())
     assert bundle_size_mb(bundle.root) <= 25
-    assert [a.kind for a in bundle.artifacts("torch")] == ["torch"]
+    folds = [a.fold for a in bundle.artifacts("torch")]
+    assert folds == [0, 1, 2, 3, 4]  # a 5-fold ensemble, its ONNX artifacts parity-gated per fold
+    assert sorted(a.fold for a in bundle.artifacts("onnx", "fp32")) == folds
     metrics = bundle.metadata.metrics
     assert all(0.0 <= metrics[k] <= 1.0 for k in RECORDED)
-    assert "phantom" in bundle.metadata.description.lower()
+    assert metrics["phantom_whole_dsc"] >= 0.85  # it must still segment the phantoms `pancreas demo` makes
+    assert 0.0 <= metrics["real_oof_whole_dsc"] <= 1.0 and metrics["real_oof_n_cases"] == 60
+    assert "phantom" in bundle.metadata.description.lower() and "real" in bundle.metadata.description.lower()
 
 
 @pytest.mark.slow

@@ -164,8 +164,10 @@ def test_bundle_training_data_and_oof(mixed_run, tmp_path) -> None:
     assert sorted(r["case_id"] for r in report.rows) == sorted(splits[0]["val"])
     summary = report.summary()
     assert set(summary) == {"real", "phantom"}
-    assert summary["real"]["subtype"]["n_cases"] == 0  # real subtypes are not scored: not trained on them
+    assert summary["real"]["subtype"]["classifier_trained"] is False  # flagged: not trained on real cases
+    assert summary["phantom"]["subtype"]["classifier_trained"] is True
     assert summary["phantom"]["subtype"]["n_cases"] == sum(c.startswith("phantom_") for c in splits[0]["val"])
+    assert "out-of-domain" in report.markdown()
     for row in report.rows:
         assert 0.0 <= row["whole_dsc"] <= 1.0
     text = (tmp_path / "oof" / "oof.md").read_text()

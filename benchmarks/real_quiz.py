@@ -1,0 +1,112 @@
+"""Real-data results page: out-of-fold CV of a bundle plus an ablation table, each row with its command.
+
+``python -m benchmarks.real_quiz --spec benchmarks/real_quiz_rows.json --out benchmarks/results/real-quiz.md``
+
+The spec (JSON) names the data and every row::
+
+    {"title": "...", "data": "...", "oof": "runs/oof/oof.json", "oof_command": "...",
+     "rows": [{"row": "real only", "change": "...", "command": "...",
+               "fold_metrics": "runs/.../fold_0/validation_metrics.json", "source": "real"},
+              {"row": "phantom only", ..., "evaluation": "runs/eval/report.json"}]}
+
+``fold_metrics`` is a training fold's held-out evaluation (network grid, ``by_source``); ``evaluation`` is a
+``pancreas evaluate --json`` report (original grid). Only aggregates and case ids are written, never images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+def row_metrics(row: dict[str, Any], root: Path) -> dict[str, Any]:
+    """(n, whole DSC, lesion DSC) of one ablation row, from the source it names."""
+    if "fold_metrics" in row:
+        data = json.loads((root / row["fold_metrics"]).read_text())
+        block = data.get("by_source", {}).get(row.get("source", "real")) or data["summary"]
+        return {"n": block["n_cases"], "whole": block["dice_whole"], "lesion": block["dice_lesion"],
+                "grid": "network grid (held-out fold)"}
+    data = json.loads((root / row["evaluation"]).read_text())["summary"]
+    return {"n": data["n_cases"], "whole": data["whole_dsc"], "lesion": data["lesion_dsc"],
+            "grid": "original grid (pancreas evaluate)"}
+
+
+def ablation_table(rows: list[dict[str, Any]], root: Path) -> tuple[str, list[dict[str, Any]]]:
+    lines = ["| row | change | real cases | whole DSC | lesion DSC | scored on | command |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    measured = []
+    for row in rows:
+        try:
+            m = row_metrics(row, root)
+        except FileNotFoundError:
+            logger.warning("row %r: result file missing, skipped", row["row"])
+            continue
+        measured.append({**row, **m})
+        lines.append(f"| {row['row']} | {row['change']} | {m['n']} | {m['whole']:.4f} | {m['lesion']:.4f} | "
+                     f"{m['grid']} | `{row['command']}` |")
+    return "\n".join(lines), measured
+
+
+def plot_rows(measured: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    labels = [m["row"] for m in measured]
+    y = np.arange(len(labels))
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(labels) + 1.2))
+    ax.barh(y - 0.2, [m["whole"] for m in measured], 0.4, label="whole-pancreas DSC")
+    ax.barh(y + 0.2, [m["lesion"] for m in measured], 0.4, label="lesion DSC")
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("DSC on real quiz cases (same held-out real cases per row)")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def build(spec: dict[str, Any], root: Path, out: Path) -> str:
+    from training.oof import OOFReport
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    parts = [f"# {spec['title']}", "", spec["data"], ""]
+    if spec.get("oof") and (root / spec["oof"]).is_file():
+        oof = json.loads((root / spec["oof"]).read_text())
+        report = OOFReport(oof["cases"], oof["bundle"])
+        parts += ["## 5-fold out-of-fold cross-validation (original grid, through the inference engine)", "",
+                  f"Command: `{spec['oof_command']}`", "", spec.get("oof_note", ""), "", report.markdown(), ""]
+    table, measured = ablation_table(spec.get("rows", []), root)
+    png = out.with_suffix(".png")
+    if measured:
+        plot_rows(measured, png)
+    parts += ["## Ablation (one change per row, same real held-out cases, same budget)", "",
+              spec.get("ablation_note", ""), "", table, "", f"![ablation]({png.name})", ""]
+    parts += spec.get("footer", [])
+    text = "\n".join(parts) + "\n"
+    out.write_text(text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--spec", type=Path, required=True)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/real-quiz.md"))
+    parser.add_argument("--root", type=Path, default=Path("."), help="paths in the spec are relative to this")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    build(json.loads(args.spec.read_text()), args.root, args.out)
+    logger.info("wrote %s", args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

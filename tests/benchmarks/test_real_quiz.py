@@ -1,0 +1,31 @@
+"""The real-data results page: rows read from the result files they name, missing ones skipped, a plot."""
+
+from __future__ import annotations
+
+import json
+
+from benchmarks.real_quiz import build
+
+
+def test_page_rows_and_oof(tmp_path) -> None:
+    fold = {"summary": {"n_cases": 21, "dice_whole": 0.5, "dice_lesion": 0.4},
+            "by_source": {"real": {"n_cases": 12, "dice_whole": 0.61, "dice_lesion": 0.32}}}
+    (tmp_path / "fold.json").write_text(json.dumps(fold))
+    evaluation = {"summary": {"n_cases": 60, "whole_dsc": 0.25, "lesion_dsc": 0.04}}
+    (tmp_path / "eval.json").write_text(json.dumps(evaluation))
+    row = {"case_id": "quiz_2_001", "fold": "0", "source": "real", "gt_subtype": 2, "pred_subtype": 2,
+           "pancreas_ml": 70.0, "subtype_scored": False, "prediction_missing": False,
+           **{k: 0.7 for k in ("whole_dsc", "lesion_dsc", "whole_nsd2", "lesion_nsd2", "whole_hd95", "lesion_hd95")}}
+    (tmp_path / "oof.json").write_text(json.dumps({"bundle": "b", "cases": [row]}))
+    spec = {"title": "Real quiz", "data": "real quiz CT", "oof": "oof.json", "oof_command": "pancreas oof b",
+            "rows": [{"row": "real only", "change": "none", "command": "pancreas ablate 502", "source": "real",
+                      "fold_metrics": "fold.json"},
+                     {"row": "phantom only", "change": "no real", "command": "pancreas evaluate",
+                      "evaluation": "eval.json"},
+                     {"row": "missing", "change": "-", "command": "-", "evaluation": "nope.json"}]}
+    text = build(spec, tmp_path, tmp_path / "out" / "real-quiz.md")
+    assert "| real only | none | 12 | 0.6100 | 0.3200 |" in text  # the real block, not the mixed summary
+    assert "| phantom only | no real | 60 | 0.2500 | 0.0400 |" in text
+    assert "| missing |" not in text
+    assert "| quiz_2_001 | real | 0 | 0.7000 |" in text
+    assert (tmp_path / "out" / "real-quiz.png").stat().st_size > 1000
