@@ -7,7 +7,6 @@ returns the case identifiers as ``batch['keys']``; the trainer maps them to subt
 
 from __future__ import annotations
 
-import csv
 import logging
 from pathlib import Path
 from typing import Any
@@ -17,9 +16,9 @@ from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMu
 from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 
-from pancreas import LABELS, SUBTYPES
+from pancreas import LABELS
 from pancreas.errors import DatasetError
-from training.subtypes import read_sources
+from training.subtypes import read_sources, read_subtypes
 
 logger = logging.getLogger(__name__)
 
@@ -48,28 +47,8 @@ class LesionOversamplingDataLoader(nnUNetDataLoader):
 
 
 def read_subtype_table(dataset_dir: str | Path) -> dict[str, int]:
-    """``case_id -> subtype`` from ``DATASET/subtypes.csv`` (uses training.convert.read_subtypes if present)."""
-    dataset_dir = Path(dataset_dir)
-    try:
-        from training.subtypes import read_subtypes  # written with `pancreas convert`
-    except ImportError:
-        read_subtypes = None
-    if read_subtypes is not None:
-        return {str(k): int(v) for k, v in read_subtypes(dataset_dir).items()}
-    path = dataset_dir / SUBTYPES_CSV
-    if not path.is_file():
-        raise DatasetError(f"{path} is missing; `pancreas convert` writes it (columns case_id,subtype)")
-    out: dict[str, int] = {}
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            try:
-                st = int(row["subtype"])
-            except (KeyError, TypeError, ValueError) as exc:
-                raise DatasetError(f"{path}: bad row {row}; expected columns case_id,subtype") from exc
-            if st not in SUBTYPES:
-                raise DatasetError(f"{path}: subtype {st} of {row.get('case_id')} is not one of {SUBTYPES}")
-            out[row["case_id"]] = st
-    return out
+    """``case_id -> subtype`` from ``DATASET/subtypes.csv`` (written by ``pancreas convert``)."""
+    return {str(k): int(v) for k, v in read_subtypes(dataset_dir).items()}
 
 
 def _table_folder(dataset_name: str, raw: Path, preprocessed: Path) -> Path:

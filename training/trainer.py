@@ -206,8 +206,8 @@ class MultiTaskTrainer(nnUNetTrainer):
         splits_file = Path(self.preprocessed_dataset_folder_base) / "splits_final.json"
         if self.fold == "all" or splits_file.is_file() or len(set(self.sources.values())) < 2:
             return
-        cases = self.dataset_class.get_identifiers(self.preprocessed_dataset_folder) if self.dataset_class \
-            else infer_dataset_class(self.preprocessed_dataset_folder).get_identifiers(self.preprocessed_dataset_folder)
+        dataset_class = self.dataset_class or infer_dataset_class(self.preprocessed_dataset_folder)
+        cases = dataset_class.get_identifiers(self.preprocessed_dataset_folder)
         splits = stratified_splits({c: self.sources.get(c, UNKNOWN) for c in cases})
         splits_file.write_text(json.dumps(splits, indent=1))
         logger.info("wrote a source-stratified 5-fold split to %s", splits_file)

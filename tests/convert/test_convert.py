@@ -145,11 +145,11 @@ def test_subtypes_and_splits(quiz: Path, tmp_path: Path) -> None:
     with (out / "subtypes.csv").open() as fh:
         rows = list(csv.reader(fh))
     assert rows == [
-        ["case_id", "subtype", "split"],
-        ["quiz_0_001", "0", "train"],
-        ["quiz_1_002", "1", "train"],
-        ["quiz_2_003", "2", "validation"],
-        ["quiz_004", "1", "test"],
+        ["case_id", "subtype", "split", "source"],  # no phantoms.json in the quiz folder: real data
+        ["quiz_0_001", "0", "train", "real"],
+        ["quiz_1_002", "1", "train", "real"],
+        ["quiz_2_003", "2", "validation", "real"],
+        ["quiz_004", "1", "test", "real"],
     ]
     assert read_subtypes(out, splits=("train", "validation")) == {
         "quiz_0_001": 0,
