@@ -125,7 +125,7 @@ def bundle_size_mb(root: str | Path) -> float:
 
 
 def phantom_metrics(bundle_root: str | Path, split_dir: str | Path, work: str | Path,
-                    *, threads: int | None = None) -> dict[str, Any]:
+                    *, threads: int | None = None, backend: str = "torch") -> dict[str, Any]:
     """Score a bundle on a labelled phantom split exactly as ``pancreas predict`` + ``pancreas evaluate`` do.
 
     Returns ``phantom_*`` metrics (never real-data scores) plus the settings they were measured with.
@@ -135,7 +135,7 @@ def phantom_metrics(bundle_root: str | Path, split_dir: str | Path, work: str | 
     from pancreas.predict import predict_cases
 
     pred = Path(work) / "pred"
-    config = EngineConfig(backend="torch", device="cpu", num_threads=threads)
+    config = EngineConfig(backend=backend, device="cpu", num_threads=threads)
     predict_cases(images=split_dir, out=pred, models=[bundle_root], config=config)
     report = evaluate_folders(pred, split_dir, pred_subtypes=pred / SUBTYPE_CSV)
     s = report.summary
@@ -144,7 +144,7 @@ def phantom_metrics(bundle_root: str | Path, split_dir: str | Path, work: str | 
             "phantom_accuracy": (s.get("subtype") or {}).get("accuracy"),
             "phantom_whole_nsd2": s.get("whole_nsd2"), "phantom_lesion_nsd2": s.get("lesion_nsd2"),
             "phantom_n_cases": s["n_cases"], "phantom_split": str(split_dir),
-            "phantom_measured_with": "pancreas predict (torch, cpu, step 0.5, no TTA, postprocessing as "
+            "phantom_measured_with": f"pancreas predict ({backend}, cpu, step 0.5, no TTA, postprocessing as "
                                      "recorded) + pancreas evaluate"}
 
 

@@ -84,7 +84,8 @@ def train_fold(dataset: str | int, *, configuration: str = "3d_fullres", fold: i
     options = options or TrainOptions()
     if threads:
         torch.set_num_threads(threads)
-    os.environ.setdefault("nnUNet_n_proc_DA", str(options.num_workers))
+    # nnU-Net also reads this (e.g. its planner calls torch.set_num_threads with it): never 0
+    os.environ.setdefault("nnUNet_n_proc_DA", str(max(1, options.num_workers)))
     os.environ.setdefault("nnUNet_compile", "false" if device == "cpu" else "true")
     seed_everything(seed)
     trainer = make_trainer(dataset, configuration=configuration, fold=fold, plans_identifier=plans_identifier,
