@@ -20,6 +20,7 @@ from pancreas.errors import PancreasError
 from pancreas.phantoms.fov import GRIDS
 from pancreas.phantoms.headers import HEADER_MODES, Storage
 from pancreas.phantoms.profiles import PROFILES
+from pancreas.sources import PHANTOM_MANIFEST
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ def synthesize(out: Path, config: SynthConfig) -> Path:
         _write_test_table(out, [c for c in cases if c["split"] == "test"])
     summary = {"config": {**asdict(config), "splits": list(config.splits)}, "seconds": round(seconds, 2),
                "cases": cases}
-    (out / "phantoms.json").write_text(json.dumps(summary, indent=1))
+    (out / PHANTOM_MANIFEST).write_text(json.dumps(summary, indent=1))
     logger.info("wrote %d phantoms to %s in %.1f s", len(cases), out, seconds)
     if config.preview:
         from pancreas.phantoms.preview import write_preview
