@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import threading
+import time
 from typing import Any
 
 #: (metric name, frozenset of label items) -> value
@@ -80,3 +82,60 @@ def metrics_delta(before: Samples, after: Samples) -> dict[str, Any]:
 
 def _ms(x: float | None) -> float | None:
     return None if x is None else 1e3 * x
+
+
+class RssSampler:
+    """Samples a process's resident memory every ``interval_s`` on a thread (a context manager).
+
+    Each sample is ``{"t_s", "rss_mb", "phase"}``; set :attr:`phase` to label the run in progress.
+    """
+
+    def __init__(self, pid: int, interval_s: float = 10.0) -> None:
+        import psutil
+
+        self._proc = psutil.Process(pid)
+        self.interval_s = interval_s
+        self.phase = ""
+        self.samples: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
+        self._t0 = time.monotonic()
+
+    def _sample(self) -> None:
+        import psutil
+
+        try:
+            rss = self._proc.memory_info().rss
+        except psutil.Error:  # the process is gone
+            return
+        self.samples.append({"t_s": round(time.monotonic() - self._t0, 1), "rss_mb": round(rss / 2**20, 1),
+                             "phase": self.phase})
+
+    def _loop(self) -> None:
+        self._sample()
+        while not self._stop.wait(self.interval_s):
+            self._sample()
+
+    def __enter__(self) -> RssSampler:  # noqa: PYI034
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(self.interval_s + 5)
+        self._sample()
+
+
+def rss_summary(samples: list[dict[str, Any]], *, phase: str, warmup_s: float, tolerance: float = 0.10
+                ) -> dict[str, Any]:
+    """Flatness of ``phase``: its samples after ``warmup_s`` (from the phase's start) stay within
+    ``1 + tolerance`` of the first of them."""
+    mine = [s for s in samples if s["phase"] == phase]
+    if not mine:
+        return {"phase": phase, "samples": 0, "flat": None}
+    start = mine[0]["t_s"]
+    warm = [s for s in mine if s["t_s"] - start >= warmup_s] or mine[-1:]
+    base, peak = warm[0]["rss_mb"], max(s["rss_mb"] for s in warm)
+    return {"phase": phase, "samples": len(mine), "warmup_s": warmup_s, "baseline_mb": base, "peak_mb": peak,
+            "end_mb": mine[-1]["rss_mb"], "growth": round(peak / base - 1.0, 4) if base else None,
+            "flat": bool(base and peak <= base * (1.0 + tolerance)), "tolerance": tolerance}

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,8 +35,9 @@ from pancreas import LABELS
 from pancreas.backends import Backend, create_backend
 from pancreas.bundle import Bundle
 from pancreas.domain import InputDomain, InputWarning
-from pancreas.errors import PancreasError
-from pancreas.nifti import Volume, read_volume, write_image
+from pancreas.engine_config import EngineConfig
+from pancreas.grid import check_grid
+from pancreas.nifti import Volume, read_volume
 from pancreas.postprocess import PostprocessConfig, largest_component, postprocess
 from pancreas.preprocess import (
     Box,
@@ -50,44 +52,8 @@ from pancreas.sliding_window import WindowConfig, sliding_window
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class EngineConfig:
-    """Inference options.
-
-    ``backend="auto"``: TensorRT if the bundle has an engine artifact and there is a GPU, else torch on
-    CUDA, else onnxruntime if the bundle has an ONNX artifact at ``precision``, else torch on CPU.
-    ``precision`` picks the artifact (ONNX/TensorRT) or the autocast dtype (torch).
-    ``coarse_factor`` and ``roi_margin`` (a fraction of the patch, per axis) tune coarse-to-fine;
-    ``providers`` overrides the onnxruntime execution providers. ``postprocess=True`` applies the bundle's
-    recorded post-processing (``metadata.inference["postprocessing"]`` options; ``"postprocess": false``
-    there turns it off); ``False`` always skips it.
-    """
-
-    backend: str = "auto"
-    device: str = "auto"
-    precision: str = "fp32"
-    batch_size: int = 2
-    step_size: float = 0.5
-    tta: bool = False
-    coarse_to_fine: bool = False
-    postprocess: bool = True
-    compile: bool = False
-    num_threads: int | None = None
-    coarse_factor: float = 2.0
-    roi_margin: float = 0.25
-    providers: tuple[str, ...] | None = None
-    progress: bool = False
-
-    def __post_init__(self) -> None:
-        checks = {"batch_size": self.batch_size >= 1, "step_size": 0 < self.step_size <= 1,
-                  "coarse_factor": self.coarse_factor > 1, "roi_margin": self.roi_margin >= 0,
-                  "num_threads": self.num_threads is None or self.num_threads >= 1}
-        bad = [name for name, ok in checks.items() if not ok]
-        if bad:
-            raise PancreasError(f"invalid engine option(s) {', '.join(f'{b}={getattr(self, b)!r}' for b in bad)}: "
-                                "batch_size >= 1, 0 < step_size <= 1, coarse_factor > 1, roi_margin >= 0, "
-                                "num_threads >= 1")
+#: The options used when none are given (frozen, so one shared instance).
+DEFAULT_CONFIG = EngineConfig()
 
 
 @dataclass
@@ -157,6 +123,8 @@ class Engine:
             torch.set_num_threads(int(config.num_threads))
         self.plan = PreprocessPlan.from_plans(bundle.plans, bundle.metadata.network.configuration)
         self.device = torch.device(backend.device if backend.device.startswith("cuda") else "cpu")
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = config.cudnn_benchmark
         self.window = WindowConfig(patch_size=tuple(backend.patch_size), step_size=config.step_size,
                                    batch_size=config.batch_size, tta=config.tta, progress=config.progress)
         inference = bundle.metadata.inference
@@ -165,7 +133,7 @@ class Engine:
         self.domain = InputDomain.from_training_data(bundle.metadata.training_data) or InputDomain()
 
     @classmethod
-    def from_bundle(cls, bundle: Bundle | str | Path, config: EngineConfig = EngineConfig()) -> Engine:
+    def from_bundle(cls, bundle: Bundle | str | Path, config: EngineConfig = DEFAULT_CONFIG) -> Engine:
         """Load a bundle (if given a path) and create its backend from the registry."""
         if not isinstance(bundle, Bundle):
             bundle = Bundle.load(bundle)
@@ -184,18 +152,21 @@ class Engine:
     def warmup(self) -> None:
         """Run the backend once at the batch sizes the sliding window uses (compiles, allocates)."""
         batch = max(1, min(self.config.batch_size, int(self.backend.max_batch)))
-        for b in sorted({batch, 1}):
-            x = np.zeros((b, 1, *self.backend.patch_size), dtype=np.float32)
-            self.backend(torch.from_numpy(x).to(self.device) if getattr(self.backend, "accepts_tensors", False)
-                         else x)
+        with torch.inference_mode():  # as the sliding window runs: torch.compile guards on inference tensors
+            for b in sorted({batch, 1}):
+                x = np.zeros((b, 1, *self.backend.patch_size), dtype=np.float32)
+                self.backend(torch.from_numpy(x).to(self.device) if getattr(self.backend, "accepts_tensors", False)
+                             else x)
 
     # ---- stages --------------------------------------------------------------------------------------
-    def coarse_roi(self, volume: Volume) -> Box | None:
+    def coarse_roi(self, volume: Volume, device: torch.device | None = None,
+                   cancel: threading.Event | None = None) -> Box | None:
         """Find the foreground at ``coarse_factor`` x spacing; return the ROI (transposed axes) or None."""
         plan = self.plan.with_spacing_factor(self.config.coarse_factor)
-        pre = preprocess(volume.array, volume.spacing, plan, device=self.device)
+        pre = preprocess(volume.array, volume.spacing, plan, device=device or self.device)
         res = sliding_window(pre.data, self.backend, WindowConfig(
-            patch_size=self.window.patch_size, step_size=self.config.step_size, batch_size=self.config.batch_size))
+            patch_size=self.window.patch_size, step_size=self.config.step_size, batch_size=self.config.batch_size),
+            cancel=cancel)
         fg = (argmax_labels(res.logits) > 0).cpu().numpy()
         if not fg.any():
             logger.info("coarse pass found no foreground; running the full-resolution pass everywhere")
@@ -223,25 +194,48 @@ class Engine:
             box.append((max(lo + offset, 0), min(hi + offset, full)))
         return tuple(box)
 
-    def _segment(self, volume: Volume, timer: Timer) -> tuple[torch.Tensor, Preprocessed, np.ndarray]:
-        """Logits on the cropped original grid (transposed axes), the preprocessing record, class probs."""
+    def _segment(self, volume: Volume, timer: Timer, cancel: threading.Event | None = None
+                 ) -> tuple[torch.Tensor, Preprocessed, np.ndarray]:
+        """Logits on the cropped original grid (transposed axes), the preprocessing record, class probs.
+
+        On CUDA out-of-memory the volume is run again with preprocessing and aggregation on the CPU while the
+        backend keeps its GPU (nnU-Net's predictor falls back the same way); an OOM there propagates.
+        """
+        try:
+            return self._segment_on(volume, timer, self.device, cancel)
+        except torch.OutOfMemoryError:
+            if self.device.type == "cpu":
+                raise
+            logger.warning("%s ran out of memory on a %s volume; retrying with preprocessing and aggregation on "
+                           "the CPU (the %s backend stays on %s)", self.device, "x".join(map(str, volume.array.shape)),
+                           self.backend.name, self.backend.device)
+            torch.cuda.empty_cache()
+            return self._segment_on(volume, timer, torch.device("cpu"), cancel)
+
+    def _segment_on(self, volume: Volume, timer: Timer, device: torch.device,
+                    cancel: threading.Event | None = None) -> tuple[torch.Tensor, Preprocessed, np.ndarray]:
+        self.check_input(volume)
         roi = None
         if self.config.coarse_to_fine:
             with timer("coarse"):
-                roi = self.coarse_roi(volume)
+                roi = self.coarse_roi(volume, device, cancel)
         with timer("preprocess"):
-            pre = preprocess(volume.array, volume.spacing, self.plan, device=self.device, roi=roi)
+            pre = preprocess(volume.array, volume.spacing, self.plan, device=device, roi=roi)
         with timer("inference"):
-            res = sliding_window(pre.data, self.backend, self.window)
+            res = sliding_window(pre.data, self.backend, self.window, cancel=cancel)
         with timer("resample_back"):
             logits = logits_to_crop(res.logits, pre, self.plan)
         return logits, pre, res.class_probabilities
 
     # ---- public --------------------------------------------------------------------------------------
-    def predict(self, volume: Volume) -> Prediction:
-        """Segment and classify one canonical volume."""
+    def check_input(self, volume: Volume) -> tuple[int, int, int]:
+        """Refuse a volume whose grid at the plans' spacing is empty or over ``config.grid_limits``."""
+        return check_grid(volume.shape, volume.spacing, self.plan, self.config.grid_limits)
+
+    def predict(self, volume: Volume, *, cancel: threading.Event | None = None) -> Prediction:
+        """Segment and classify one canonical volume; stops at the next patch batch once ``cancel`` is set."""
         timer = Timer(cuda=self.device.type == "cuda")
-        logits, pre, cls = self._segment(volume, timer)
+        logits, pre, cls = self._segment(volume, timer, cancel)
         with timer("export"):
             labels = argmax_labels(logits).cpu().numpy()
             mask = paste_canonical(labels, pre, self.plan)
@@ -268,7 +262,7 @@ class Engine:
         read_ms = (time.perf_counter() - start) * 1000.0
         pred = self.predict(volume)
         start = time.perf_counter()
-        write_image(volume.to_image(pred.mask), mask_path)
+        volume.write_mask(pred.mask, mask_path)
         stages = {k: v for k, v in pred.timings_ms.items() if k != "total"}
         pred.timings_ms = {"read": read_ms, **stages, "write": (time.perf_counter() - start) * 1000.0}
         pred.timings_ms["total"] = sum(pred.timings_ms.values())

@@ -30,3 +30,7 @@ class BundleError(PancreasError):
     """A model bundle is missing, incomplete or corrupt."""
 
     code = "invalid_bundle"
+
+
+class JobCancelled(RuntimeError):
+    """A prediction was stopped before it finished because its caller set the cancel event (e.g. a timeout)."""

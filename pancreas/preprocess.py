@@ -185,8 +185,8 @@ def normalize(x: torch.Tensor, plan: PreprocessPlan, nonzero: torch.Tensor | Non
 
 # ---- resampling ----------------------------------------------------------------------------------------
 def compute_new_shape(shape: Sequence[int], spacing: Sequence[float], new_spacing: Sequence[float]) -> tuple[int, ...]:
-    """nnU-Net's ``compute_new_shape``."""
-    return tuple(round(s / n * k) for s, n, k in zip(spacing, new_spacing, shape))
+    """nnU-Net's ``compute_new_shape``, at least one voxel per axis (nnU-Net's would be 0 and fail)."""
+    return tuple(max(1, round(s / n * k)) for s, n, k in zip(spacing, new_spacing, shape))
 
 
 def separate_z_axis(spec: ResampleSpec, spacing: Sequence[float], new_spacing: Sequence[float],

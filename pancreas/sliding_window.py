@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -35,6 +36,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from pancreas.errors import JobCancelled
 
 logger = logging.getLogger(__name__)
 
@@ -162,8 +165,12 @@ def predict_tiles(backend: Any, batch: torch.Tensor, config: WindowConfig) -> tu
 
 
 @torch.inference_mode()
-def sliding_window(image: torch.Tensor, backend: Any, config: WindowConfig) -> WindowResult:
-    """Predict a preprocessed image ``[1, D, H, W]`` tile by tile. See the module docstring."""
+def sliding_window(image: torch.Tensor, backend: Any, config: WindowConfig, *,
+                   cancel: threading.Event | None = None) -> WindowResult:
+    """Predict a preprocessed image ``[1, D, H, W]`` tile by tile. See the module docstring.
+
+    Raises :class:`~pancreas.errors.JobCancelled` before the next batch once ``cancel`` is set.
+    """
     if image.ndim != 4:
         raise ValueError(f"image must be [C, D, H, W], got shape {tuple(image.shape)}")
     device = image.device
@@ -175,7 +182,10 @@ def sliding_window(image: torch.Tensor, backend: Any, config: WindowConfig) -> W
     weights = torch.zeros(padded.shape[1:], dtype=torch.float32, device=device)
     cls_probs, fg_mass = [], []
     progress = _progress(len(tiles), config.progress)
-    for group in _batches(tiles, batch_size):
+    for done, group in enumerate(_batches(tiles, batch_size)):
+        if cancel is not None and cancel.is_set():
+            progress.close()
+            raise JobCancelled(f"cancelled after {done * batch_size} of {len(tiles)} tiles")
         batch = torch.stack([padded[(slice(None), *sl)] for sl in group])
         seg, cls = predict_tiles(backend, batch, config)
         if logits is None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from pancreas.errors import PancreasError
 
-#: HTTP status for each stable error code (codes not listed: 400 for input errors).
+#: HTTP status for each stable error code (codes not listed: 400 for input errors). service/README.md
+#: documents every one; tests/service/test_hardening.py checks that the two agree.
 STATUS_BY_CODE: dict[str, int] = {
     # the upload is not a usable NIfTI file
     "empty_file": 400,
@@ -20,28 +21,42 @@ STATUS_BY_CODE: dict[str, int] = {
     "truncated": 400,
     "unreadable": 400,
     "corrupt": 400,
+    "invalid_header": 400,
     "malformed_multipart": 400,
+    # the request itself
+    "unauthorized": 401,
+    "not_found": 404,
+    "method_not_allowed": 405,
+    "upload_timeout": 408,
+    "unsupported_media_type": 415,
+    "missing_file": 422,
+    "invalid_request": 422,
     # size limits
     "upload_too_large": 413,
     "too_large": 413,
     "decompressed_too_large": 413,
-    # wrong request shape
-    "unsupported_media_type": 415,
-    "missing_file": 422,
+    "resampled_too_large": 413,
     # a readable NIfTI that is not a usable CT
     "wrong_dimension": 422,
     "unsupported_dtype": 422,
     "invalid_spacing": 422,
     "invalid_direction": 422,
+    "invalid_origin": 422,
     "non_finite": 422,
     "empty_image": 422,
-    # auth and service state
-    "unauthorized": 401,
+    "too_small": 422,
+    # service state
     "queue_full": 503,
     "not_ready": 503,
+    "model_failed": 503,
+    "shutting_down": 503,
     "timeout": 504,
     "internal_error": 500,
 }
+
+#: Codes answered with ``Connection: close``: the client stopped sending, so its connection is not reused.
+#: (Other early answers keep it: uvicorn discards the rest of the body, and the client reads the answer.)
+CLOSE_CONNECTION = frozenset({"upload_timeout", "shutting_down"})
 
 
 class ServiceError(Exception):

@@ -7,9 +7,10 @@ from collections.abc import Callable, Mapping
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from pancreas.engine_config import ENGINE_STAGES
+
 #: Stages reported in ``timings_ms`` and observed in ``pancreas_stage_seconds``.
-STAGES = ("read", "queue", "coarse", "preprocess", "inference", "resample_back", "export", "postprocess",
-          "encode", "total")
+STAGES = ("read", "queue", *ENGINE_STAGES, "encode", "total")
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -22,7 +23,8 @@ class ServiceMetrics:
         self.registry = CollectorRegistry()
         self.stage_seconds = Histogram("pancreas_stage_seconds", "Latency of each /v1/predict stage",
                                        ["stage"], buckets=_BUCKETS, registry=self.registry)
-        self.queue_depth = Gauge("pancreas_queue_depth", "Requests admitted to the model and waiting",
+        self.queue_depth = Gauge("pancreas_queue_depth",
+                                 "Requests admitted and not running (uploading or waiting for the model)",
                                  registry=self.registry)
         self.in_progress = Gauge("pancreas_in_progress", "Requests the model is running now",
                                  registry=self.registry)

@@ -1,4 +1,4 @@
-"""The /v1/predict pipeline: upload -> Volume -> model -> mask file, timed per stage.
+"""The /v1/predict pipeline: admission -> upload -> Volume -> model -> mask file, timed per stage.
 
 Decoding and encoding run in worker threads (``asyncio.to_thread``), the model on its own thread
 (:class:`~service.worker.ModelWorker`); the event loop only streams bytes.
@@ -9,26 +9,22 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-import SimpleITK as sitk
 from starlette.requests import Request
 
+from pancreas.engine_config import ENGINE_STAGES
 from service.errors import ServiceError
 from service.schemas import ModelSummary, Timings
 from service.settings import Settings
-from service.uploads import decode_upload, receive_upload, request_workdir
+from service.uploads import UploadLimits, decode_upload, receive_upload, request_workdir
 from service.worker import ModelWorker
 
 if TYPE_CHECKING:
     from pancreas.engine import Prediction
-    from pancreas.nifti import Volume
 
 
 #: Stages the engine times itself (``Prediction.timings_ms``), reported as they are.
-ENGINE_STAGES = ("coarse", "preprocess", "inference", "resample_back", "export", "postprocess")
 
 
 @dataclass(frozen=True)
@@ -41,16 +37,6 @@ class Served:
     model: ModelSummary
 
 
-def encode_mask(volume: Volume, mask: np.ndarray, workdir: Path) -> bytes:
-    """The canonical mask written on exactly the input's grid, as ``.nii.gz`` bytes."""
-    path = workdir / "mask.nii.gz"
-    writer = sitk.ImageFileWriter()
-    writer.SetFileName(str(path))
-    writer.SetUseCompression(True)
-    writer.Execute(volume.to_image(np.asarray(mask, dtype=np.uint8)))
-    return path.read_bytes()
-
-
 def model_summary(worker: ModelWorker) -> ModelSummary:
     info = worker.engine.info if worker.engine is not None else {}
     return ModelSummary(name=str(info.get("name", "")), version=str(info.get("version", "")),
@@ -59,21 +45,27 @@ def model_summary(worker: ModelWorker) -> ModelSummary:
 
 async def predict_upload(request: Request, settings: Settings, worker: ModelWorker, *,
                          started: float) -> Served:
-    """Run one prediction for the multipart upload in ``request`` (``started``: perf_counter at arrival)."""
-    worker.check_ready()
-    worker.check_capacity()  # refuse early, before the upload is read
-    with request_workdir(settings.tmp_dir) as workdir:
+    """Run one prediction for the multipart upload in ``request`` (``started``: perf_counter at arrival).
+
+    Order: admission (a slot, or 503 before the body is read) -> upload -> header and voxel checks ->
+    the engine's resampled-grid bound -> model -> mask in the input's own header.
+    """
+    deadline = time.monotonic() + min(settings.upload_timeout_s, settings.request_timeout_s)
+    limits = UploadLimits(max_bytes=settings.max_upload_bytes, read_timeout_s=settings.upload_read_timeout_s,
+                          deadline=deadline)
+    with worker.admission() as slot, request_workdir(settings.tmp_dir) as workdir:
         raw = workdir / "upload.bin"
-        await receive_upload(request, raw, max_bytes=settings.max_upload_bytes)
+        await receive_upload(request, raw, limits=limits, stop=worker.draining)
         volume = await asyncio.to_thread(decode_upload, raw, workdir, max_voxels=settings.max_voxels,
                                          max_bytes=settings.max_decompressed_bytes)
+        worker.check_input(volume)
         read_done = time.perf_counter()
         remaining = settings.request_timeout_s - (read_done - started)
         if remaining <= 0:
             raise ServiceError("timeout", f"the upload took longer than {settings.request_timeout_s:g} s")
-        job = await worker.predict(volume, timeout_s=remaining)
-        predicted = time.perf_counter()
-        mask_gz = await asyncio.to_thread(encode_mask, volume, job.prediction.mask, workdir)
+        job = await worker.predict(slot, volume, timeout_s=remaining)
+    predicted = time.perf_counter()
+    mask_gz = await asyncio.to_thread(volume.mask_bytes, job.prediction.mask)
     encoded = time.perf_counter()
     engine_ms = {k: float(job.prediction.timings_ms.get(k, 0.0)) for k in ENGINE_STAGES}
     timings = Timings(read=(read_done - started) * 1e3, queue=job.queue_ms, **engine_ms,

@@ -7,15 +7,20 @@ override the environment. ``Settings()`` with nothing set serves the committed d
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-Backend = Literal["auto", "torch", "onnxruntime", "tensorrt", "torch_export"]
-Device = Literal["auto", "cpu", "cuda"]
-Precision = Literal["fp32", "fp16", "int8"]
+from pancreas.backends import DEVICES, PRECISIONS, backend_choices
+from pancreas.engine_config import EngineConfig
+from pancreas.grid import GridLimits
+
+#: Engine defaults: every inference field below takes its default from here, and :meth:`Settings.engine_config`
+#: passes the fields both classes share straight through.
+_ENGINE = EngineConfig()
 
 
 class Settings(BaseSettings):
@@ -26,9 +31,9 @@ class Settings(BaseSettings):
 
     #: Model bundle folder; ``None`` serves the committed demo bundle.
     bundle: Path | None = None
-    backend: Backend = "auto"
-    device: Device = "auto"
-    precision: Precision = "fp32"
+    backend: str = _ENGINE.backend
+    device: str = _ENGINE.device
+    precision: str = _ENGINE.precision
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
 
@@ -36,20 +41,28 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
     #: Largest accepted image, voxels (checked from the NIfTI header before any voxel is decoded).
     max_voxels: int = Field(default=512 * 512 * 1024, gt=0)
-    #: Requests admitted at once (running + waiting for the model); more get 503 + Retry-After.
+    #: Largest grid the model runs on: the image resampled to the bundle's spacing, voxels.
+    max_resampled_voxels: int = Field(default=GridLimits.max_voxels, gt=0)
+    #: Largest resampled / input voxel ratio once the resampled grid exceeds 128^3 voxels.
+    max_upsampling: float = Field(default=GridLimits.max_upsampling, gt=0)
+    #: Requests admitted at once (uploading, waiting or running); the next gets 503 before its body is read.
     queue_size: int = Field(default=8, ge=1)
     #: Seconds a request may take from arrival to response before it gets 504.
     request_timeout_s: float = Field(default=300.0, gt=0)
+    #: Seconds the whole upload may take (also bounded by ``request_timeout_s``); then 408.
+    upload_timeout_s: float = Field(default=120.0, gt=0)
+    #: Seconds without a byte of the upload arriving; then 408.
+    upload_read_timeout_s: float = Field(default=15.0, gt=0)
     #: Seconds uvicorn waits for in-flight requests on shutdown (SIGTERM/SIGINT).
     graceful_shutdown_s: float = Field(default=330.0, gt=0)
 
-    batch_size: int = Field(default=2, ge=1)
-    step_size: float = Field(default=0.5, gt=0, le=1)
-    tta: bool = False
-    coarse_to_fine: bool = False
-    postprocess: bool = True
-    compile: bool = False
-    num_threads: int | None = Field(default=None, ge=1)
+    batch_size: int = Field(default=_ENGINE.batch_size, ge=1)
+    step_size: float = Field(default=_ENGINE.step_size, gt=0, le=1)
+    tta: bool = _ENGINE.tta
+    coarse_to_fine: bool = _ENGINE.coarse_to_fine
+    postprocess: bool = _ENGINE.postprocess
+    compile: bool = _ENGINE.compile
+    num_threads: int | None = Field(default=_ENGINE.num_threads, ge=1)
     warmup: bool = True
 
     #: Optional bearer token; when set, ``/v1/predict`` and ``/v1/model`` need ``Authorization: Bearer …``.
@@ -57,6 +70,14 @@ class Settings(BaseSettings):
     #: Folder for per-request temporary files (default: the system temp folder).
     tmp_dir: Path | None = None
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    @field_validator("backend", "device", "precision")
+    @classmethod
+    def _known_choice(cls, value: str, info: ValidationInfo) -> str:
+        choices = {"backend": backend_choices(), "device": DEVICES, "precision": PRECISIONS}[info.field_name]
+        if value not in choices:
+            raise ValueError(f"{info.field_name} {value!r} is not one of {', '.join(choices)}")
+        return value
 
     @field_validator("api_key")
     @classmethod
@@ -70,6 +91,16 @@ class Settings(BaseSettings):
         from pancreas.bundle import default_bundle_path
 
         return default_bundle_path()
+
+    def engine_config(self) -> EngineConfig:
+        """The engine options: every field shared with :class:`EngineConfig`, plus the resampled-grid bound."""
+        shared = {f.name for f in dataclasses.fields(EngineConfig)} & set(type(self).model_fields)
+        return EngineConfig(**{name: getattr(self, name) for name in shared}, grid_limits=self.grid_limits)
+
+    @property
+    def grid_limits(self) -> GridLimits:
+        """The resampled-grid bound, shared by the engine and the upload checks."""
+        return GridLimits(max_voxels=self.max_resampled_voxels, max_upsampling=self.max_upsampling)
 
     @property
     def max_decompressed_bytes(self) -> int:

@@ -1,10 +1,13 @@
 """Uploads: stream a multipart file to disk, decompress it with bounded memory, read it as a Volume.
 
-Limits are enforced at every step, before work is spent on them:
+Limits are enforced at every step, before work is spent on them (admission, a queue slot, comes first:
+:meth:`service.worker.ModelWorker.admission`, before the body is read):
 
 1. the request's ``Content-Length`` (when sent) against ``max_upload_bytes``, before reading the body;
-2. the bytes actually received, while streaming (chunked uploads have no length);
-3. the NIfTI header's claimed size (``dim`` x ``bitpix``) against ``max_voxels``, before decoding voxels;
+2. the bytes actually received, while streaming (chunked uploads have no length), each read within
+   ``upload_read_timeout_s`` and the whole body within ``upload_timeout_s``; on shutdown the upload is cut;
+3. the NIfTI header (:func:`pancreas.nifti.check_nifti_header`: size against ``max_voxels``, voxel type,
+   spacing, geometry), before any voxel is decoded;
 4. the decompressed size, while decompressing: zlib runs incrementally with a bounded output per step
    and stops as soon as the stream yields more than the header declares (a gzip bomb costs at most
    one step's output of memory).
@@ -15,53 +18,45 @@ that the caller removes (see :func:`request_workdir`).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import math
 import shutil
-import struct
 import tempfile
+import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
 from pancreas.errors import InvalidImageError
-from pancreas.nifti import Volume, read_volume
+from pancreas.nifti import (
+    HEADER_BYTES,
+    NiftiInfo,
+    Volume,
+    check_nifti_header,
+    parse_nifti_header,
+    read_volume,
+)
 from service.errors import UploadError
 
 FIELD = "file"
 _CHUNK = 1 << 20
 _GZIP_MAGIC = b"\x1f\x8b"
 _MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers on top of the file itself
+NAME = "upload"  # how the file is named in messages (never the client's name, never a server path)
 
 
 @dataclass(frozen=True)
-class NiftiInfo:
-    """What the NIfTI header claims: dimensions, bits per voxel and where the voxels start."""
+class UploadLimits:
+    """Size and time bounds of one upload."""
 
-    dims: tuple[int, ...]
-    datatype: int
-    bitpix: int
-    vox_offset: int
-    pixdim: tuple[float, ...]
-    endian: str = "<"
-
-    @property
-    def voxels(self) -> int:
-        n = 1
-        for d in self.dims:
-            n *= d
-        return n
-
-    @property
-    def expected_bytes(self) -> int:
-        """Exact size of a single-file ``.nii`` with this header."""
-        return self.vox_offset + self.voxels * self.bitpix // 8
+    max_bytes: int
+    read_timeout_s: float  # longest wait for the next chunk
+    deadline: float  # time.monotonic() by which the whole body must have arrived
 
 
 @contextlib.contextmanager
@@ -146,29 +141,68 @@ def _boundary(request: Request) -> bytes:
     return options[b"boundary"]
 
 
-async def receive_upload(request: Request, dest: Path, *, max_bytes: int) -> int:
-    """Stream the multipart ``file`` field of ``request`` into ``dest``; return its size in bytes."""
-    boundary = _boundary(request)
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > max_bytes + _MULTIPART_OVERHEAD:
-        raise UploadError(f"request body of {length} bytes exceeds the upload limit of {max_bytes} bytes",
-                          code="upload_too_large")
-    sink = _FilePartSink(dest, max_bytes)
-    parser = MultipartParser(boundary, sink.callbacks())
+async def _chunks(request: Request, limits: UploadLimits) -> AsyncIterator[bytes]:
+    """The body's chunks, each within ``read_timeout_s`` and all before ``deadline``."""
+    stream = request.stream().__aiter__()
+    while True:
+        left = limits.deadline - time.monotonic()
+        wait = min(limits.read_timeout_s, left)
+        try:
+            chunk = await asyncio.wait_for(anext(stream), max(wait, 0.0))
+        except StopAsyncIteration:
+            return
+        except asyncio.TimeoutError:
+            what = (f"no data for {limits.read_timeout_s:g} s" if wait < left
+                    else "the upload did not complete in time")
+            raise UploadError(f"{what}; send the file at once (PANCREAS_UPLOAD_READ_TIMEOUT_S, "
+                              "PANCREAS_UPLOAD_TIMEOUT_S)", code="upload_timeout") from None
+        yield chunk
+
+
+async def _stream_to(request: Request, sink: _FilePartSink, boundary: bytes, limits: UploadLimits) -> None:
     received = 0
     try:
-        async for chunk in request.stream():
+        parser = MultipartParser(boundary, sink.callbacks())
+        async for chunk in _chunks(request, limits):
             received += len(chunk)
-            if received > max_bytes + _MULTIPART_OVERHEAD:  # other fields count too
-                raise UploadError(f"request body exceeds the upload limit of {max_bytes} bytes",
+            if received > limits.max_bytes + _MULTIPART_OVERHEAD:  # other fields count too
+                raise UploadError(f"request body exceeds the upload limit of {limits.max_bytes} bytes",
                                   code="upload_too_large")
             parser.write(chunk)
         parser.finalize()
-    except FormParserError as exc:
+    except (FormParserError, ValueError) as exc:
+        if isinstance(exc, UploadError):
+            raise
         raise UploadError(f"malformed multipart body ({exc})", code="malformed_multipart") from exc
     except ClientDisconnect as exc:
         raise UploadError("client disconnected during the upload", code="malformed_multipart") from exc
+
+
+async def receive_upload(request: Request, dest: Path, *, limits: UploadLimits,
+                         stop: asyncio.Event | None = None) -> int:
+    """Stream the multipart ``file`` field of ``request`` into ``dest``; return its size in bytes.
+
+    ``stop`` (set on shutdown) cuts the upload off with ``shutting_down``.
+    """
+    boundary = _boundary(request)
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > limits.max_bytes + _MULTIPART_OVERHEAD:
+        raise UploadError(f"request body of {length} bytes exceeds the upload limit of {limits.max_bytes} bytes",
+                          code="upload_too_large")
+    sink = _FilePartSink(dest, limits.max_bytes)
+    upload = asyncio.ensure_future(_stream_to(request, sink, boundary, limits))
+    stopped = asyncio.ensure_future(stop.wait()) if stop is not None else None
+    try:
+        await asyncio.wait([t for t in (upload, stopped) if t is not None], return_when=asyncio.FIRST_COMPLETED)
+        if not upload.done():
+            raise UploadError("the service is shutting down; retry on another instance", code="shutting_down")
+        upload.result()
     finally:
+        for task in (upload, stopped):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         sink.close()
     if not sink.found:
         raise UploadError(f"no {FIELD!r} field in the form; send the image as {FIELD}=@ct.nii.gz",
@@ -181,69 +215,9 @@ async def receive_upload(request: Request, dest: Path, *, max_bytes: int) -> int
 
 
 # ---- 3: header --------------------------------------------------------------------------------------
-def parse_nifti_header(head: bytes, *, max_voxels: int) -> NiftiInfo:
-    """Parse the fixed part of a NIfTI-1 header and check its claimed size against ``max_voxels``."""
-    info = _parse_header(head)
-    if any(d < 1 for d in info.dims):
-        raise InvalidImageError(f"NIfTI header declares an empty image (dims {info.dims})", code="empty_image")
-    if info.voxels > max_voxels:
-        raise InvalidImageError(f"NIfTI header declares {info.dims} = {info.voxels} voxels, more than the "
-                                f"limit of {max_voxels}; crop or downsample the CT or raise "
-                                "PANCREAS_MAX_VOXELS", code="too_large")
-    return info
-
-
-def _parse_header(head: bytes) -> NiftiInfo:
-    not_nifti = InvalidImageError("the upload is not a NIfTI-1 file (.nii or .nii.gz)", code="not_nifti")
-    if len(head) < 4:
-        raise not_nifti
-    for e in "<>":
-        (sizeof_hdr,) = struct.unpack(e + "i", head[:4])
-        if sizeof_hdr == 348 and len(head) >= 352 and head[344:348] == b"n+1\x00":
-            ndim, *dim = struct.unpack(e + "8h", head[40:56])
-            datatype, bitpix = struct.unpack(e + "2h", head[70:74])
-            pixdim = struct.unpack(e + "8f", head[76:108])
-            (offset,) = struct.unpack(e + "f", head[108:112])
-            return _info(ndim, dim, datatype, bitpix, pixdim, offset, e)
-        if sizeof_hdr == 540:
-            raise InvalidImageError("NIfTI-2 files are not supported; save the CT as NIfTI-1 "
-                                    "(nibabel.Nifti1Image)", code="unsupported_format")
-    raise not_nifti
-
-
-def _info(ndim: int, dim: list[int], datatype: int, bitpix: int, pixdim: tuple[float, ...], offset: float,
-          endian: str) -> NiftiInfo:
-    if not 1 <= ndim <= 7:
-        raise InvalidImageError(f"NIfTI header has {ndim} dimensions (dim[0] must be 1..7)", code="not_nifti")
-    if bitpix <= 0 or bitpix % 8:
-        raise InvalidImageError(f"NIfTI bitpix {bitpix} is not a whole number of bytes per voxel",
-                                code="unsupported_dtype")
-    if not (math.isfinite(offset) and 352 <= offset < 1 << 40):
-        raise InvalidImageError(f"NIfTI vox_offset {offset} is invalid for a single-file .nii", code="not_nifti")
-    spacing = pixdim[1:1 + min(ndim, 3)]
-    if not all(math.isfinite(s) and s > 0 for s in spacing):
-        raise InvalidImageError(f"NIfTI voxel spacing (pixdim) {tuple(spacing)} must be finite and positive; "
-                                "fix the header (e.g. nibabel header.set_zooms)", code="invalid_spacing")
-    return NiftiInfo(dims=tuple(dim[:ndim]), datatype=datatype, bitpix=bitpix,
-                     vox_offset=int(offset), pixdim=tuple(pixdim), endian=endian)
-
-
-_FLOAT_TYPES = {16: "f4", 64: "f8"}  # NIfTI datatype codes of real floating-point voxels
-
-
-def check_finite(path: Path, info: NiftiInfo, *, chunk: int = 1 << 22) -> None:
-    """Reject NaN/inf voxels (SimpleITK silently reads them as 0, so this runs on the raw file)."""
-    kind = _FLOAT_TYPES.get(info.datatype)
-    if kind is None:
-        return
-    data = np.memmap(path, dtype=info.endian + kind, mode="r", offset=info.vox_offset, shape=(info.voxels,))
-    try:
-        for start in range(0, info.voxels, chunk):
-            if not np.isfinite(data[start:start + chunk]).all():
-                raise InvalidImageError("the image contains NaN or infinite voxel values; replace them "
-                                        "(e.g. numpy.nan_to_num) before uploading", code="non_finite")
-    finally:
-        del data
+def header_info(head: bytes, *, max_voxels: int) -> NiftiInfo:
+    """Parse and check the NIfTI-1/2 header at the start of ``head`` (the readers' own checks)."""
+    return check_nifti_header(parse_nifti_header(head, name=NAME), name=NAME, max_voxels=max_voxels)
 
 
 # ---- 4: decompress ----------------------------------------------------------------------------------
@@ -261,11 +235,11 @@ def _gunzip_bounded(src: Path, dest: Path, *, max_voxels: int, max_bytes: int) -
                 except zlib.error as exc:
                     raise InvalidImageError(f"the gzip stream is corrupt ({exc})", code="corrupt") from exc
                 in_member, written = True, written + len(out)
-                if info is None and (len(head) + len(out) >= 352):
-                    info = parse_nifti_header(head + out, max_voxels=max_voxels)
-                    limit = min(limit, info.expected_bytes)
-                elif info is None:
-                    head += out
+                if info is None:
+                    head += out[:HEADER_BYTES]
+                    if len(head) >= HEADER_BYTES:
+                        info = header_info(head, max_voxels=max_voxels)
+                        limit = min(limit, info.expected_bytes)
                 if written > limit:
                     raise InvalidImageError(
                         f"the gzip stream decompresses to more than {limit} bytes, the size its NIfTI "
@@ -280,7 +254,7 @@ def _gunzip_bounded(src: Path, dest: Path, *, max_voxels: int, max_bytes: int) -
                     break
     if in_member:
         raise InvalidImageError("the gzip stream is truncated; upload the complete file", code="truncated_gzip")
-    return info if info is not None else parse_nifti_header(head, max_voxels=max_voxels)
+    return info if info is not None else header_info(head, max_voxels=max_voxels)
 
 
 def materialize(raw: Path, dest: Path, *, max_voxels: int, max_bytes: int) -> Path:
@@ -291,13 +265,12 @@ def materialize(raw: Path, dest: Path, *, max_voxels: int, max_bytes: int) -> Pa
         info = _gunzip_bounded(raw, dest, max_voxels=max_voxels, max_bytes=max_bytes)
     else:
         with open(raw, "rb") as f:
-            info = parse_nifti_header(f.read(352), max_voxels=max_voxels)
+            info = header_info(f.read(HEADER_BYTES), max_voxels=max_voxels)
         raw.replace(dest)
     size = dest.stat().st_size
     if size < info.expected_bytes:
         raise InvalidImageError(f"the NIfTI file holds {size} bytes but its header declares "
                                 f"{info.expected_bytes}; upload the complete file", code="truncated")
-    check_finite(dest, info)
     return dest
 
 
@@ -305,4 +278,4 @@ def decode_upload(raw: Path, workdir: Path, *, max_voxels: int, max_bytes: int) 
     """Decompress, check and read an uploaded file into a canonical :class:`~pancreas.nifti.Volume`."""
     nii = materialize(raw, workdir / "image.nii", max_voxels=max_voxels, max_bytes=max_bytes)
     raw.unlink(missing_ok=True)
-    return read_volume(nii, max_voxels=max_voxels, name="upload")
+    return read_volume(nii, max_voxels=max_voxels, name=NAME)

@@ -1,23 +1,27 @@
-"""One model instance behind a bounded queue.
+"""One model instance behind a bounded admission.
 
 The engine lives on a single dedicated thread (``ThreadPoolExecutor(max_workers=1)``): requests run one
-after the other, never concurrently on the model. Admission is bounded: at most ``queue_size``
-requests are admitted (running + waiting); the next one gets :class:`ServiceError` ``queue_full``
-(HTTP 503 with ``Retry-After``). A slot is freed when the model has *finished* the job, even if the
-request timed out meanwhile, so a slow model cannot be flooded by retries.
+after the other, never concurrently on the model. Admission is bounded and happens *before* a request's
+body is read: at most ``queue_size`` requests hold a slot (uploading, waiting or running); the next one
+gets :class:`ServiceError` ``queue_full`` (HTTP 503 with ``Retry-After``) without a byte of its upload
+being stored. A slot is freed when the request fails before reaching the model, or when the model has
+*finished* its job. A request that times out cancels its job, which stops at its next patch batch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from pancreas.errors import JobCancelled, PancreasError
 from service.errors import ServiceError
 from service.settings import Settings
 
@@ -31,6 +35,13 @@ logger = logging.getLogger(__name__)
 State = Literal["loading", "ready", "failed", "stopped"]
 
 
+@dataclass
+class Slot:
+    """One admitted request's place; ``handed_over`` once a model job owns (and will free) it."""
+
+    handed_over: bool = False
+
+
 @dataclass(frozen=True)
 class Job:
     """A finished prediction and how long it waited for the model and ran on it."""
@@ -42,13 +53,9 @@ class Job:
 
 def build_engine(settings: Settings, bundle: Bundle) -> Engine:
     """An :class:`~pancreas.engine.Engine` for ``bundle`` configured from ``settings``."""
-    from pancreas.engine import Engine, EngineConfig
+    from pancreas.engine import Engine
 
-    config = EngineConfig(backend=settings.backend, device=settings.device, precision=settings.precision,
-                          batch_size=settings.batch_size, step_size=settings.step_size, tta=settings.tta,
-                          coarse_to_fine=settings.coarse_to_fine, postprocess=settings.postprocess,
-                          compile=settings.compile, num_threads=settings.num_threads)
-    return Engine.from_bundle(bundle, config)
+    return Engine.from_bundle(bundle, settings.engine_config())
 
 
 class ModelWorker:
@@ -65,14 +72,21 @@ class ModelWorker:
         self._admitted = 0
         self._running = 0
         self._mean_run_s = 1.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.draining = asyncio.Event()  # set on SIGTERM: uploads still arriving are cut off
 
     # ---- lifecycle -----------------------------------------------------------------------------------
     async def start(self) -> None:
         """Load and warm up the engine on the model thread; sets ``state`` to ready or failed."""
+        self._loop = asyncio.get_running_loop()
         try:
             self.engine = await asyncio.wrap_future(self._executor.submit(self._load))
         except Exception as exc:
-            self.state, self.error = "failed", f"{type(exc).__name__}: {exc}"
+            code = f", {exc.code}" if isinstance(exc, PancreasError) else ""
+            # clients see the kind of failure, never its text (paths, library internals): that is logged
+            self.state = "failed"
+            self.error = (f"the model could not be loaded ({type(exc).__name__}{code}); an operator must fix "
+                          "the bundle or settings and restart (see the server log)")
             logger.exception("model failed to load")
             return
         self.state = "ready"
@@ -89,6 +103,11 @@ class ModelWorker:
         logger.info("engine loaded and warmed up in %.1f s", time.perf_counter() - started)
         return engine
 
+    def begin_drain(self) -> None:
+        """Cut off uploads still arriving (safe to call from a signal handler)."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self.draining.set)
+
     async def close(self) -> None:
         """Finish the admitted jobs, then stop the model thread."""
         await asyncio.to_thread(self._executor.shutdown, wait=True)
@@ -104,15 +123,34 @@ class ModelWorker:
         return self._running
 
     def check_ready(self) -> None:
+        """Raise ``not_ready`` (loading, with Retry-After), ``model_failed`` (permanent) or ``shutting_down``."""
+        if self.draining.is_set() or self.state == "stopped":
+            raise ServiceError("shutting_down", "the service is shutting down; retry on another instance")
+        if self.state == "failed":
+            raise ServiceError("model_failed", self.error or "the model could not be loaded")
         if self.state != "ready":
-            why = f" ({self.error})" if self.error else ""
-            raise ServiceError("not_ready", f"the model is {self.state}{why}; retry when /readyz answers 200",
+            raise ServiceError("not_ready", "the model is loading; retry when /readyz answers 200",
                                headers={"Retry-After": "5"})
 
-    def check_capacity(self) -> None:
-        """Raise ``queue_full`` when no slot is free (cheap pre-check before an upload is read)."""
-        if self._admitted >= self.settings.queue_size:
-            raise self._queue_full()
+    @contextlib.contextmanager
+    def admission(self) -> Iterator[Slot]:
+        """Take a slot before the request's body is read (``queue_full`` when none is free)."""
+        self.check_ready()
+        with self._lock:
+            if self._admitted >= self.settings.queue_size:
+                raise self._queue_full()
+            self._admitted += 1
+        slot = Slot()
+        try:
+            yield slot
+        finally:
+            if not slot.handed_over:
+                self._release(None)
+
+    def check_input(self, volume: Volume) -> None:
+        """The engine's own resampled-grid bound, applied before the volume is queued for the model."""
+        self.check_ready()
+        self.engine.check_input(volume)
 
     def _queue_full(self) -> ServiceError:
         retry = max(1, math.ceil(self._mean_run_s * max(1, self._admitted)))
@@ -121,35 +159,39 @@ class ModelWorker:
                             headers={"Retry-After": str(retry)})
 
     # ---- prediction ----------------------------------------------------------------------------------
-    async def predict(self, volume: Volume, *, timeout_s: float) -> Job:
-        """Run the engine on ``volume``; raise ``queue_full``, ``not_ready`` or ``timeout``."""
+    async def predict(self, slot: Slot, volume: Volume, *, timeout_s: float) -> Job:
+        """Run the engine on ``volume`` in the admitted ``slot``; raise ``timeout`` (the job is cancelled)."""
         self.check_ready()
-        with self._lock:
-            if self._admitted >= self.settings.queue_size:
-                raise self._queue_full()
-            self._admitted += 1
-        submitted = time.perf_counter()
+        submitted, cancel = time.perf_counter(), threading.Event()
         try:
-            future = self._executor.submit(self._run, volume, submitted)
+            future = self._executor.submit(self._run, volume, submitted, cancel)
         except RuntimeError as exc:  # executor already shut down
-            self._release(None)
-            raise ServiceError("not_ready", "the service is shutting down") from exc
+            raise ServiceError("shutting_down", "the service is shutting down") from exc
+        slot.handed_over = True
         future.add_done_callback(self._release)
+        result = asyncio.wrap_future(future)
         try:
-            return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), max(timeout_s, 0.001))
+            return await asyncio.wait_for(asyncio.shield(result), max(timeout_s, 0.001))
         except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
-            future.cancel()  # only succeeds while the job still waits; a running job finishes
+            cancel.set()  # a waiting job never starts; a running one stops at its next patch batch
+            future.cancel()
+            result.add_done_callback(_consume)
             if isinstance(exc, asyncio.CancelledError):
                 raise
             raise ServiceError("timeout", f"no result within {self.settings.request_timeout_s:g} s "
                                "(PANCREAS_REQUEST_TIMEOUT_S); retry later or send a smaller volume") from exc
 
-    def _run(self, volume: Volume, submitted: float) -> Job:
+    def _run(self, volume: Volume, submitted: float, cancel: threading.Event) -> Job:
         started = time.perf_counter()
+        if cancel.is_set():
+            raise JobCancelled("cancelled before it started")
         with self._lock:
             self._running += 1
         try:
-            prediction = self.engine.predict(volume)
+            prediction = self.engine.predict(volume, cancel=cancel)
+        except JobCancelled:
+            logger.info("job cancelled after %.1f s (request timed out)", time.perf_counter() - started)
+            raise
         finally:
             with self._lock:
                 self._running -= 1
@@ -160,3 +202,9 @@ class ModelWorker:
     def _release(self, _future: Future[Any] | None) -> None:
         with self._lock:
             self._admitted -= 1
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    """Retrieve an abandoned job's outcome, so asyncio does not log it as never retrieved."""
+    if not future.cancelled():
+        future.exception()

@@ -20,10 +20,13 @@ def healthz() -> Health:
 
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
 def readyz(services: ServicesDep) -> Response:
-    """Readiness: 200 only once the model is loaded and warmed up."""
+    """Readiness: 200 once the model is loaded and warmed up; 503 ``loading`` (with Retry-After), ``failed``
+    (permanent: no retry hint; the detail names the kind of failure, never a path) or ``stopped``."""
     worker = services.worker
-    body = Readiness(status=worker.state, detail=worker.error)
-    return JSONResponse(body.model_dump(), status_code=200 if worker.state == "ready" else 503)
+    state = "stopped" if worker.draining.is_set() else worker.state
+    body = Readiness(status=state, detail=worker.error)
+    headers = {"Retry-After": "5"} if state == "loading" else None
+    return JSONResponse(body.model_dump(), status_code=200 if state == "ready" else 503, headers=headers)
 
 
 @router.get("/metrics", response_class=Response)

@@ -94,7 +94,7 @@ def test_bad_files_fail_naming_the_file(tmp_path: Path, tiny_bundle, util, capsy
     nope, no_mask = tmp_path / "nope.nii.gz", tmp_path / "m.nii.gz"
     args, named = {
         "missing image": (["--image", nope], f"--image {nope}: no such file"),
-        "unreadable image": (["--image", garbage], f"--image {garbage}: not a readable"),
+        "unreadable image": (["--image", garbage], f"--image {garbage}: unreadable file"),
         "missing mask": (["--image", image, "--mask", no_mask], f"--mask {no_mask}: no such file"),
         "probability mask": (["--image", image, "--mask", probs], f"--mask {probs}: mask values are not"),
         "mask without image": (["--mask", probs], "--mask needs --image"),

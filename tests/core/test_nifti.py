@@ -108,7 +108,7 @@ def _bad_files(tmp_path: Path) -> dict[str, Path]:
     (tmp_path / "noise.nii.gz").write_bytes(RNG.bytes(4096))
     files["unreadable"] = tmp_path / "noise.nii.gz"
     (tmp_path / "text.nii").write_text("hello, this is not an image\n" * 20)
-    files["unreadable_text"] = tmp_path / "text.nii"
+    files["not_nifti_text"] = tmp_path / "text.nii"
     return files
 
 

@@ -78,8 +78,8 @@ class Server:
 
 
 @contextlib.contextmanager
-def run_server(bundle: Path, workdir: Path, **settings: object) -> Iterator[Server]:
-    """Start a real server on a free port with ``PANCREAS_*`` settings; stop it afterwards."""
+def run_server(bundle: Path, workdir: Path, *, wait: bool = True, **settings: object) -> Iterator[Server]:
+    """Start a real server on a free port with ``PANCREAS_*`` settings (``wait``: until ready); stop it after."""
     port = free_port()
     tmp_dir = workdir / "tmp"
     tmp_dir.mkdir(parents=True, exist_ok=True)
@@ -94,7 +94,8 @@ def run_server(bundle: Path, workdir: Path, **settings: object) -> Iterator[Serv
         process = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
     server = Server(process, f"http://127.0.0.1:{port}", log, tmp_dir)
     try:
-        server.wait_ready()
+        if wait:
+            server.wait_ready()
         yield server
     finally:
         server.stop()
@@ -182,4 +183,4 @@ def util() -> SimpleNamespace:
     """Helper functions for test modules (conftest is not importable under --import-mode=importlib)."""
     return SimpleNamespace(blob_ct=blob_ct, nifti_bytes=nifti_bytes, decode_mask=decode_mask, post_ct=post_ct,
                            run_server=run_server, real_ct=REAL_CT, max_upload_bytes=MAX_UPLOAD_BYTES,
-                           max_voxels=MAX_VOXELS)
+                           max_voxels=MAX_VOXELS, free_port=free_port)

@@ -28,10 +28,11 @@ def test_unloadable_bundle_is_not_ready(tmp_path, blob_bytes):
         deadline = time.monotonic() + 30
         while r.json()["status"] == "loading" and time.monotonic() < deadline:
             r = c.get("/readyz")
-        assert r.json()["status"] == "failed" and "no-such-bundle" in r.json()["detail"]
+        assert r.json()["status"] == "failed" and "no-such-bundle" not in r.json()["detail"]
+        assert "Retry-After" not in r.headers  # a permanent failure: retrying does not help
         for r in (c.post("/v1/predict", files={"file": ("ct.nii.gz", blob_bytes)}), c.get("/v1/model")):
-            assert r.status_code == 503 and r.json()["detail"]["code"] == "not_ready"
-            assert int(r.headers["Retry-After"]) >= 1
+            assert r.status_code == 503 and r.json()["detail"]["code"] == "model_failed"
+            assert "Retry-After" not in r.headers and str(tmp_path) not in r.text
 
 
 def test_request_timeout(tiny_bundle, tmp_path, util):

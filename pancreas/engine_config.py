@@ -1,0 +1,63 @@
+"""Inference options (:class:`EngineConfig`), read by the engine and by every backend factory.
+
+A module of its own so that the backends can depend on it without importing the engine (which imports
+them); importable without torch, so CLIs and the service settings can read its defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pancreas.errors import PancreasError
+from pancreas.grid import GridLimits
+
+__all__ = ["ENGINE_STAGES", "EngineConfig"]
+
+#: The stages :class:`pancreas.engine.Engine` times, in order (keys of ``Prediction.timings_ms`` besides
+#: ``total``); the service adds its own (read, queue, encode) around them.
+ENGINE_STAGES: tuple[str, ...] = ("coarse", "preprocess", "inference", "resample_back", "export", "postprocess")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Inference options.
+
+    ``backend="auto"``: on a GPU TensorRT (if the bundle has an engine at ``precision`` and TensorRT is
+    installed), else torch; on CPU onnxruntime (if the bundle has an ONNX artifact at ``precision``), else
+    torch. The backend in the bundle's ``metadata.inference["recommended"]`` (``pancreas optimize``) is
+    tried first. ``precision`` picks the artifact (ONNX/TensorRT) or the autocast dtype (torch); ``auto``
+    (default) takes the recommended precision for the chosen backend, else the best TensorRT engine
+    (int8, fp16, fp32), else fp32 (:func:`pancreas.backends.resolve`).
+    ``coarse_factor`` and ``roi_margin`` (a fraction of the patch, per axis) tune coarse-to-fine;
+    ``providers`` overrides the onnxruntime execution providers. ``postprocess=True`` applies the bundle's
+    recorded post-processing (``metadata.inference["postprocessing"]`` options; ``"postprocess": false``
+    there turns it off); ``False`` always skips it. ``cudnn_benchmark`` sets ``torch.backends.cudnn.benchmark``
+    on CUDA (the sliding window feeds one fixed patch shape, so cuDNN's autotuning pays off after warm-up).
+    """
+
+    backend: str = "auto"
+    device: str = "auto"
+    precision: str = "auto"
+    batch_size: int = 2
+    step_size: float = 0.5
+    tta: bool = False
+    coarse_to_fine: bool = False
+    postprocess: bool = True
+    compile: bool = False
+    num_threads: int | None = None
+    coarse_factor: float = 2.0
+    roi_margin: float = 0.25
+    providers: tuple[str, ...] | None = None
+    progress: bool = False
+    cudnn_benchmark: bool = True
+    grid_limits: GridLimits = field(default_factory=GridLimits)  # refuse inputs resampling to huge/empty grids
+
+    def __post_init__(self) -> None:
+        checks = {"batch_size": self.batch_size >= 1, "step_size": 0 < self.step_size <= 1,
+                  "coarse_factor": self.coarse_factor > 1, "roi_margin": self.roi_margin >= 0,
+                  "num_threads": self.num_threads is None or self.num_threads >= 1}
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise PancreasError(f"invalid engine option(s) {', '.join(f'{b}={getattr(self, b)!r}' for b in bad)}: "
+                                "batch_size >= 1, 0 < step_size <= 1, coarse_factor > 1, roi_margin >= 0, "
+                                "num_threads >= 1")
