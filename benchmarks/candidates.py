@@ -23,8 +23,10 @@ from pancreas.errors import PancreasError
 logger = logging.getLogger(__name__)
 
 BASELINE = "nnunet-default"
+#: the second reference row: nnU-Net's predictor without mirroring TTA
+NO_TTA = "nnunet-no-tta"
 #: recipes that run on CPU only when --candidates names them (torch.compile takes minutes on a small CPU)
-CPU_OPT_IN = frozenset({"torch-compiled-c2f"})
+CPU_OPT_IN = frozenset({"torch-compiled-fp32-c2f"})
 
 
 @dataclass(frozen=True)
@@ -55,17 +57,33 @@ class Environment:
     def detect(cls) -> Environment:
         import torch
 
-        ort_cuda = False
-        if importlib.util.find_spec("onnxruntime") is not None:
-            import onnxruntime
-
-            ort_cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
-        return cls(cuda=torch.cuda.is_available(), tensorrt=importlib.util.find_spec("tensorrt") is not None,
-                   ort_cuda=ort_cuda)
+        cuda = torch.cuda.is_available()
+        return cls(cuda=cuda, tensorrt=importlib.util.find_spec("tensorrt") is not None,
+                   ort_cuda=cuda and ort_cuda_runs())
 
     @property
     def device(self) -> str:
         return "cuda" if self.cuda else "cpu"
+
+
+def ort_cuda_runs() -> bool:
+    """Whether onnxruntime really runs a session on CUDA (the provider can be listed and fail to load)."""
+    if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None:
+        return False
+    import onnxruntime
+    from onnx import TensorProto, helper
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        return False
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in ("x", "y")]
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", io[:1], io[1:])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    try:
+        session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CUDAExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - any failure means: no working CUDA provider
+        logger.info("onnxruntime's CUDA provider does not start: %s", exc)
+        return False
+    return session.get_providers()[0] == "CUDAExecutionProvider"
 
 
 # ---- recipes --------------------------------------------------------------------------------------------
@@ -93,6 +111,8 @@ def _engine(name: str, backend: str, precision: str, artifact: str, *, compile: 
             return "needs a CUDA GPU"
         if needs == "tensorrt" and not (env.cuda and env.tensorrt):
             return "needs a CUDA GPU and the tensorrt package"
+        if backend == "onnxruntime" and env.cuda and not env.ort_cuda:
+            return "onnxruntime's CUDA provider does not run here (no CPU onnxruntime rows on a GPU host)"
         if not _has(bundle, artifact, "fp32" if artifact == "torch" else precision):
             return f"bundle has no {artifact} {precision} artifact"
         device = "cuda" if env.cuda and (backend != "onnxruntime" or env.ort_cuda) else "cpu"
@@ -108,8 +128,13 @@ RECIPES: tuple[tuple[str, Recipe], ...] = (
     ("nnunet-no-tta", _nnunet(False)),
     ("torch-fp32", _engine("torch-fp32", "torch", "fp32", "torch", coarse_to_fine=False)),
     ("torch-fp32-c2f", _engine("torch-fp32-c2f", "torch", "fp32", "torch")),
-    ("torch-compiled-c2f", _engine("torch-compiled-c2f", "torch", "fp32", "torch", compile=True)),
+    ("torch-compiled-fp32-c2f", _engine("torch-compiled-fp32-c2f", "torch", "fp32", "torch", compile=True)),
+    ("torch-fp16", _engine("torch-fp16", "torch", "fp16", "torch", coarse_to_fine=False, needs="cuda")),
     ("torch-fp16-c2f", _engine("torch-fp16-c2f", "torch", "fp16", "torch", needs="cuda")),
+    ("torch-compiled-fp16", _engine("torch-compiled-fp16", "torch", "fp16", "torch", compile=True,
+                                    coarse_to_fine=False, needs="cuda")),
+    ("torch-compiled-fp16-c2f", _engine("torch-compiled-fp16-c2f", "torch", "fp16", "torch", compile=True,
+                                        needs="cuda")),
     ("ort-fp32", _engine("ort-fp32", "onnxruntime", "fp32", "onnx", coarse_to_fine=False)),
     ("ort-fp32-c2f", _engine("ort-fp32-c2f", "onnxruntime", "fp32", "onnx")),
     ("ort-int8-c2f", _engine("ort-int8-c2f", "onnxruntime", "int8", "onnx")),
@@ -134,10 +159,10 @@ def discover(bundles: list[Path], *, patterns: list[str] | None = None, env: Env
         shas = {a.sha256 or f"{path}/{a.path}" for a in bundle.artifacts("torch")}
         same_torch = bool(shas) and shas <= torch_weights
         torch_weights |= shas
-        for _, recipe in RECIPES:
+        for recipe_name, recipe in RECIPES:
             got = recipe(bundle, env)
             if isinstance(got, str):
-                logger.info("%s: skipped (%s)", path, got)
+                logger.info("%s on %s: skipped (%s)", recipe_name, path, got)
                 continue
             name, runner, options = got
             if i > 0 and (runner == "nnunet" or (options.get("backend") == "torch" and same_torch)):
@@ -169,10 +194,13 @@ class Runner(Protocol):
 
 class NnUNetRunner:
     def __init__(self, bundle: Bundle, options: dict[str, Any]) -> None:
+        import torch
+
         from benchmarks.nnunet_baseline import NnUNetBaseline, NnUNetSettings
 
         self._baseline = NnUNetBaseline(bundle, NnUNetSettings(**options))
-        self.info = {"settings": self._baseline.settings.as_dict()}
+        self.info = {"settings": self._baseline.settings.as_dict(), "cudnn_benchmark": torch.backends.cudnn.benchmark,
+                     "autocast": "fp16" if self._baseline.settings.device.startswith("cuda") else None}
 
     def warmup(self, image: str) -> None:
         self._baseline.warmup()
@@ -183,10 +211,12 @@ class NnUNetRunner:
 
 class EngineRunner:
     def __init__(self, bundle: Bundle, options: dict[str, Any]) -> None:
+        import torch
+
         from pancreas.engine import Engine, EngineConfig
 
         self._engine = Engine.from_bundle(bundle, EngineConfig(**options))
-        self.info = dict(self._engine.info)
+        self.info = {**self._engine.info, "cudnn_benchmark": bool(torch.backends.cudnn.benchmark)}
 
     def warmup(self, image: str) -> None:
         self._engine.warmup()

@@ -101,13 +101,20 @@ class NnUNetBaseline:
         return str(self.dataset_json.get("file_ending", ".nii.gz"))
 
     def warmup(self) -> None:
-        """One forward pass on a zero patch (oneDNN/cuDNN primitive creation is not a per-case cost)."""
+        """One patch through nnU-Net's own predict path, as a case would go (not a per-case cost).
+
+        ``predict_logits_from_preprocessed_data`` on a zero volume of exactly one patch: every fold, the
+        mirroring TTA, fp16 autocast on CUDA and ``cudnn.benchmark`` (set by ``nnUNetPredictor`` on CUDA), so
+        cuDNN's autotuning for the patch shape and dtype happens here and not in the first timed case.
+        """
         import torch
 
-        patch = self.configuration_manager.patch_size
-        x = torch.zeros(1, self.bundle.metadata.network.input_channels, *patch, device=self.predictor.device)
-        with torch.inference_mode():
-            self.predictor.network(x)
+        patch = tuple(self.configuration_manager.patch_size)
+        x = torch.zeros(self.bundle.metadata.network.input_channels, *patch)
+        with self._quiet():
+            self.predictor.predict_logits_from_preprocessed_data(x)
+        if self.predictor.device.type == "cuda":
+            torch.cuda.synchronize()
 
     def predict_file(self, image: str | Path, output: str | Path) -> dict[str, float]:
         """Predict ``image`` and write the mask to ``output`` (a ``.nii.gz`` path); return stage times (ms)."""

@@ -58,13 +58,6 @@ ENGINE_PRECISIONS = ("fp16", "fp32", "int8")
 RECIPES: dict[str, str] = {"fp32": "tensorrt:fp32", "fp16": "tensorrt:fp16", "int8": "int8,tensorrt:int8"}
 #: Backends for which a TensorRT engine is worth building.
 ENGINE_BACKENDS = ("auto", "tensorrt")
-#: Keys under which an engine artifact's ``info`` (or ``info["engine"]``, the EngineMetadata written by
-#: optimize.tensorrt_build) records what it was built for.
-_INFO_KEYS: dict[str, tuple[str, ...]] = {
-    "gpu_name": ("gpu_name", "gpu", "device_name"),
-    "compute_capability": ("compute_capability", "sm", "capability"),
-    "tensorrt_version": ("tensorrt_version", "trt_version", "tensorrt"),
-}
 
 
 # ---- what is this machine ---------------------------------------------------------------------------
@@ -89,24 +82,20 @@ def _slug(text: str) -> str:
 
 
 def probe_accelerator() -> Accelerator:
-    """Ask torch for the first CUDA device and try to import tensorrt; never raises."""
+    """The first CUDA device and the TensorRT version, as the engine builder records them; never raises."""
+    # imported here, like every pancreas import of this script, so that `healthcheck` stays a bare stdlib call
+    from pancreas.backends.tensorrt_build import TensorRTUnavailableError, gpu_identity, require_tensorrt
+
     notes: list[str] = []
     gpu = cc = trt = None
     try:
-        import torch
-
-        if torch.cuda.is_available():
-            gpu = torch.cuda.get_device_name(0)
-            major, minor = torch.cuda.get_device_capability(0)
-            cc = f"{major}.{minor}"
-        else:
-            notes.append("torch.cuda.is_available() is False (no GPU visible to this container)")
+        gpu, cc = gpu_identity("cuda:0")
+    except TensorRTUnavailableError:
+        notes.append("torch.cuda.is_available() is False (no GPU visible to this container)")
     except Exception as exc:  # noqa: BLE001 - a broken CUDA install must not stop the CPU fallback
         notes.append(f"torch could not query CUDA ({type(exc).__name__}: {exc})")
     try:
-        import tensorrt
-
-        trt = str(tensorrt.__version__)
+        trt = str(require_tensorrt().__version__)
     except Exception as exc:  # noqa: BLE001 - ImportError or a missing libnvinfer both mean "no TensorRT"
         notes.append(f"`import tensorrt` failed ({type(exc).__name__}: {exc})")
     return Accelerator(gpu, cc, trt, tuple(notes))
@@ -200,34 +189,26 @@ def stamp_mismatch(engine_dir: Path, expected: Mapping[str, str | None]) -> str 
     return "; ".join(diffs) or None
 
 
-def _artifact_info(info: Mapping[str, object], field_name: str) -> str | None:
-    nested = info.get("engine")
-    for source in (nested if isinstance(nested, Mapping) else {}, info):
-        for key in _INFO_KEYS[field_name]:
-            if source.get(key) is not None:
-                return str(source[key])
-    return None
-
-
 def bundle_engine_mismatch(bundle: Path, acc: Accelerator, precision: str) -> str | None:
-    """``None`` if the bundle itself ships a TensorRT engine built for this GPU/TensorRT/precision."""
+    """``None`` if the bundle itself ships a TensorRT engine built for this GPU/TensorRT (the builder's own
+    rule, :func:`pancreas.backends.tensorrt_build.engine_mismatch`, on the ``info["engine"]`` metadata that
+    ``pancreas optimize`` records) at ``precision``."""
+    from pancreas.backends.tensorrt_build import EngineTarget, engine_mismatch
+
+    here = EngineTarget(acc.gpu_name, acc.compute_capability, acc.tensorrt_version)
     meta = json.loads((bundle / "configs" / "metadata.json").read_text())
     engines = [a for a in meta.get("artifacts", []) if a.get("kind") == "tensorrt"]
     if not engines:
         return f"bundle {bundle} has no TensorRT engine"
     reasons = []
     for art in engines:
-        info = art.get("info") or {}
-        found = {name: _artifact_info(info, name) for name in _INFO_KEYS}
-        found_cc = (found["compute_capability"] or "").replace("sm", "").replace("_", ".")
-        diffs = [f"{name}: engine {val!r} vs this container {want!r}" for name, val, want in (
-            ("gpu_name", found["gpu_name"], acc.gpu_name),
-            ("compute_capability", found_cc, acc.compute_capability),
-            ("tensorrt_version", found["tensorrt_version"], acc.tensorrt_version),
-            ("precision", art.get("precision"), precision)) if str(val) != str(want)]
-        if not diffs:
+        built = (art.get("info") or {}).get("engine") or {}
+        diffs = [engine_mismatch(EngineTarget.of(built), here)]
+        if art.get("precision") != precision:
+            diffs.append(f"precision: engine {art.get('precision')!r} vs this container {precision!r}")
+        if not any(diffs):
             return None
-        reasons.append(f"{art.get('path')}: " + ", ".join(diffs))
+        reasons.append(f"{art.get('path')}: " + ", ".join(d for d in diffs if d))
     return "bundle engine(s) built elsewhere: " + "; ".join(reasons)
 
 

@@ -13,10 +13,14 @@ module                 stage
 ``fp16``               ONNX float16 with float32 I/O (a GPU recipe; slower on CPU)
 ``prune``              torch-pruning structured channel pruning that respects the U-Net skips
 ``distill``            narrower/shallower student, distillation loss, the fine-tune loop
-``tensorrt_build``     TensorRT engines (parser, FP16/INT8, batch profile, timing cache, metadata)
 ``compile``            ``torch.export`` programs and AOTInductor packages
 ``data``               real preprocessed patches from quiz-layout phantoms
+``options``            ``OptimizeOptions`` (importable without torch: the CLI's flag defaults)
+``state``              ``Recipe``, ``RecipeError`` and the working ``State`` the stages share
 ``recipes``/``stages`` recipe parsing, chaining and per-stage records
-``report``/``benchmark`` the side-by-side measurement behind ``benchmarks/results/optimize.md``
+``cli``                ``pancreas optimize``
 =====================  ===============================================================================
+
+TensorRT engines are built by :mod:`pancreas.backends.tensorrt_build` (the core: the backend rebuilds with it);
+the side-by-side measurements behind ``benchmarks/results/optimize.md`` live in ``benchmarks/``.
 """

@@ -10,7 +10,6 @@ Patches are sampled like nnU-Net's loader: a share centred on foreground, the re
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,10 +17,9 @@ from typing import Any
 import numpy as np
 
 from pancreas.errors import DatasetError
+from pancreas.quiz import NII, case_id_of, image_name, is_image, subtype_dirs
 
 logger = logging.getLogger(__name__)
-
-_SUBTYPE_DIR = re.compile(r"^subtype(\d+)$")
 
 
 @dataclass
@@ -56,13 +54,12 @@ def list_cases(root: str | Path, split: str = "train") -> list[Case]:
         raise DatasetError(f"{folder} does not exist; pass a quiz-layout folder (e.g. from `pancreas synth`) "
                            f"with a {split}/ split", code="missing_folder")
     cases = []
-    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and _SUBTYPE_DIR.match(p.name)):
-        subtype = int(_SUBTYPE_DIR.match(sub.name).group(1))  # type: ignore[union-attr]
-        for mask in sorted(sub.glob("*.nii.gz")):
-            if mask.name.endswith("_0000.nii.gz"):
+    for subtype, sub in subtype_dirs(folder):
+        for mask in sorted(sub.glob(f"*{NII}")):
+            if is_image(mask.name):
                 continue
-            case_id = mask.name[: -len(".nii.gz")]
-            image = sub / f"{case_id}_0000.nii.gz"
+            case_id = case_id_of(mask.name)
+            image = sub / image_name(case_id)
             if image.is_file():
                 cases.append(Case(case_id, image, mask, subtype))
     if not cases:

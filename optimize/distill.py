@@ -79,7 +79,7 @@ class NnUNetFinetune:
     """Fine-tune with nnU-Net's loop on preprocessed ``dataset`` under ``workdir`` (``pancreas plan`` output)."""
 
     dataset: str
-    workdir: Path
+    workdir: Path = Path("work_dirs")
     plans: str = "nnUNetPlans"
     fold: str = "quiz"
     epochs: int = 100

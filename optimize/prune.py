@@ -21,6 +21,7 @@ from typing import Any
 
 from pancreas.bundle import NetworkConfig
 from pancreas.errors import PancreasError
+from pancreas.network import build_network
 
 logger = logging.getLogger(__name__)
 
@@ -223,8 +224,6 @@ def stage_widths(net: Any) -> list[int]:
 
 def _rebuild(pruned: Any, plans: dict[str, Any], config: NetworkConfig) -> Any:
     """Build a fresh network for ``config`` and load the pruned weights, shape-checked."""
-    from pancreas.network import build_network
-
     fresh = build_network(plans, config, deep_supervision=False)
     want, have = fresh.state_dict(), pruned.state_dict()
     bad = [f"{k}: {tuple(have[k].shape)} vs {tuple(v.shape)}" for k, v in want.items()

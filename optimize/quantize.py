@@ -5,6 +5,12 @@ calibration method in :attr:`Int8Config.methods` is tried; each writes its tenso
 calibration cache on disk (``calibration_<method>.json``, reused on the next run), and the method whose
 model agrees best with the fp32 model on held-out patches wins. Sensitive layers (first conv, the final
 segmentation conv, the classification head) are kept in float by default.
+
+Two targets (:data:`INT8_TARGETS`): ``onnxruntime`` (uint8 activations with a zero point, fast on x86
+VNNI) and ``tensorrt`` (:func:`tensorrt_int8`): TensorRT's ONNX parser accepts only symmetric signed INT8
+Q/DQ (int8 zero points equal to 0, weights and activations; biases stay float, as in NVIDIA's Q/DQ
+placement, since an int32 bias DequantizeLinear is not INT8), which :func:`check_symmetric_int8` verifies.
+Per-channel weight scales follow onnxruntime's axes (output channels: axis 0 for Conv, 1 for ConvTranspose).
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from __future__ import annotations
 import logging
 import shutil
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +49,10 @@ class Int8Config:
         keep_float: node groups left in float, from :data:`SENSITIVE_GROUPS`.
         per_channel: per-output-channel weight scales.
         activation_type / weight_type: "quint8" | "qint8" (uint8 activations suit x86 VNNI).
+        activation_symmetric: symmetric activation ranges (zero point 0; required by TensorRT).
         reduce_range: 7-bit weights (only for CPUs without VNNI).
         percentile: percentile of the Percentile method.
+        target: the runtime the Q/DQ model is written for, from :data:`INT8_TARGETS`.
     """
 
     methods: tuple[str, ...] = ("minmax", "percentile", "entropy")
@@ -55,6 +63,50 @@ class Int8Config:
     weight_type: str = "qint8"
     reduce_range: bool = False
     percentile: float = 99.999
+    activation_symmetric: bool = False
+    target: str = "onnxruntime"
+
+    def __post_init__(self) -> None:
+        if self.target not in INT8_TARGETS:
+            raise QuantizationError(f"unknown int8 target {self.target!r}; choose from {INT8_TARGETS}")
+        if self.target == "tensorrt" and (self.activation_type, self.weight_type, self.activation_symmetric,
+                                          self.reduce_range) != ("qint8", "qint8", True, False):
+            raise QuantizationError("TensorRT needs symmetric signed INT8 Q/DQ: activation_type='qint8', "
+                                    "weight_type='qint8', activation_symmetric=True, reduce_range=False "
+                                    "(use tensorrt_int8(config))")
+
+
+#: runtimes an INT8 Q/DQ model can be written for (``Int8Config.target``)
+INT8_TARGETS = ("onnxruntime", "tensorrt")
+
+
+def tensorrt_int8(config: Int8Config = Int8Config()) -> Int8Config:
+    """``config`` (calibration methods, kept-float nodes, op types) with TensorRT's Q/DQ rules applied."""
+    return replace(config, activation_type="qint8", weight_type="qint8", activation_symmetric=True,
+                   reduce_range=False, target="tensorrt")
+
+
+def check_symmetric_int8(model_path: str | Path) -> int:
+    """Raise unless every QuantizeLinear/DequantizeLinear of ``model_path`` is signed INT8 with zero point 0
+    (what TensorRT's ONNX parser accepts); returns the number of Q/DQ nodes checked."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(model_path)).graph
+    inits = {t.name: t for t in graph.initializer}
+    bad, count = [], 0
+    for node in graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        count += 1
+        zp = inits.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        if zp is None or zp.data_type != onnx.TensorProto.INT8 or numpy_helper.to_array(zp).any():
+            bad.append(node.name)
+    if bad:
+        raise QuantizationError(f"{model_path} is not symmetric signed INT8 Q/DQ (TensorRT rejects it): "
+                                f"{len(bad)} of {count} Q/DQ nodes have a non-int8 or non-zero zero point, "
+                                f"e.g. {bad[:3]}")
+    return count
 
 
 @dataclass
@@ -149,13 +201,17 @@ def quantize_with(fp32: Path, out: Path, calib: np.ndarray, method: str, config:
     from onnxruntime.quantization import QuantFormat, quantize_static
 
     stride = next(k for k in (4, 3, 2, 1) if len(calib) % k == 0)
-    extra = {"CalibPercentile": config.percentile, "CalibStridedMinMax": stride}
+    extra = {"CalibPercentile": config.percentile, "CalibStridedMinMax": stride,
+             "ActivationSymmetric": config.activation_symmetric, "WeightSymmetric": True,
+             "QuantizeBias": config.target != "tensorrt"}
     quantize_static(str(fp32), str(out), PatchReader(calib), quant_format=QuantFormat.QDQ,
                     op_types_to_quantize=list(config.op_types), per_channel=config.per_channel,
                     reduce_range=config.reduce_range, activation_type=_quant_type(config.activation_type),
                     weight_type=_quant_type(config.weight_type), nodes_to_exclude=exclude,
                     calibrate_method=_calibrate_method(method), extra_options=extra,
                     calibration_cache_path=str(cache))
+    if config.target == "tensorrt":
+        check_symmetric_int8(out)
     return out
 
 

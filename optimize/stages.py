@@ -9,27 +9,36 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import torch
+
+from optimize.compile import aoti_package, compile_device, export_program, load_program
+from optimize.distill import StudentSpec, build_student, finetune, finetune_nnunet
+from optimize.export_onnx import export_onnx, onnx_info
+from optimize.fp16 import convert_fp16
+from optimize.options import CompileConfig
+from optimize.prune import PruneConfig, count_macs, count_parameters, prune_network
+from optimize.quantize import quantize_int8, tensorrt_int8
+from optimize.runners import ort_runner, torch_runner
+from optimize.state import Recipe, RecipeError, State
+from optimize.validate import TOLERANCES, check_parity, parity_gate
+from pancreas.backends.tensorrt_backend import TensorRTBackend
+from pancreas.backends.tensorrt_build import build_engine, current_target
 from pancreas.bundle import Artifact
-
-if TYPE_CHECKING:
-    from optimize.recipes import Recipe, State
 
 logger = logging.getLogger(__name__)
 
 
 def _gate_onnx(state: State, recipe: Recipe, precision: str, rel: str, *, reference: Any, reference_name: str,
-               images: Any, t0: float, info: dict[str, Any] | None = None, **details: Any) -> None:
-    """Parity-gate the ONNX model ``state.out/rel`` against ``reference``, register it and record the stage."""
-    from optimize.export_onnx import onnx_info
-    from optimize.runners import ort_runner
-    from optimize.validate import TOLERANCES, parity_gate
-
+               images: Any, t0: float, info: dict[str, Any] | None = None, key: str | None = None,
+               **details: Any) -> None:
+    """Parity-gate the ONNX model ``state.out/rel`` against ``reference``, register it (``state.onnx[key]``,
+    ``key`` defaulting to the precision) and record the stage."""
     path = state.out / rel
     candidate = ort_runner(path)
     report = parity_gate(reference, candidate, images, what=str(path), tolerance=TOLERANCES[precision])
-    state.onnx[precision] = path
+    state.onnx[key or precision] = path
     state.add(Artifact(kind="onnx", path=rel, precision=precision, fold=state.source.fold, patch_size=state.patch,
                        info={**onnx_info(path), **(info or {})}))
     state.record(recipe, precision, rel, reference=reference, candidate=candidate, reference_name=reference_name,
@@ -38,9 +47,6 @@ def _gate_onnx(state: State, recipe: Recipe, precision: str, rel: str, *, refere
 
 def onnx(state: State, recipe: Recipe) -> None:
     """fp32 ONNX export (fixed patch, dynamic batch, onnxslim) + strict parity gate against torch."""
-    from optimize.export_onnx import export_onnx
-    from optimize.runners import torch_runner
-
     t0 = time.perf_counter()
     rel = "models/model.onnx"
     export_onnx(state.net, state.patch, state.out / rel, config=state.options.onnx)
@@ -49,17 +55,12 @@ def onnx(state: State, recipe: Recipe) -> None:
 
 
 def _need_onnx(state: State) -> None:
-    from optimize.recipes import Recipe
-
     if "fp32" not in state.onnx:
         onnx(state, Recipe("onnx"))
 
 
 def fp16(state: State, recipe: Recipe) -> None:
     """ONNX float16 (float32 I/O); gated against the fp32 ONNX at the fp16 tolerance."""
-    from optimize.fp16 import convert_fp16
-    from optimize.runners import ort_runner
-
     _need_onnx(state)
     t0 = time.perf_counter()
     rel = "models/model_fp16.onnx"
@@ -69,24 +70,29 @@ def fp16(state: State, recipe: Recipe) -> None:
                note="fp16 is a GPU recipe: onnxruntime on CPU runs fp16 convolutions slower than fp32")
 
 
-def int8(state: State, recipe: Recipe) -> None:
-    """Static QDQ per-channel INT8 calibrated on real phantom patches; gated at the int8 tolerance."""
-    from optimize.quantize import quantize_int8
-    from optimize.runners import ort_runner
+def int8(state: State, recipe: Recipe, *, target: str = "onnxruntime") -> None:
+    """Static QDQ per-channel INT8 calibrated on real phantom patches; gated at the int8 tolerance.
 
+    ``target="tensorrt"`` writes the symmetric signed INT8 model TensorRT parses (``models/model_int8_trt.onnx``,
+    ``state.onnx["int8_trt"]``, artifact ``info.target``); the ``tensorrt:int8`` recipe builds from it.
+    """
     _need_onnx(state)
     t0 = time.perf_counter()
     config = state.options.int8
-    if recipe.arg:  # int8:minmax / int8:entropy / int8:percentile pins the calibration method
+    if recipe.arg and recipe.name == "int8":  # int8:minmax / int8:entropy / int8:percentile pins the method
         config = replace(config, methods=(recipe.arg,))
-    rel = "models/model_int8.onnx"
+    trt = target == "tensorrt"
+    config = tensorrt_int8(config) if trt else config
+    rel, calib_dir = ("models/model_int8_trt.onnx", "calibration_trt") if trt else ("models/model_int8.onnx",
+                                                                                      "calibration")
     calib, val = state.patches("calib"), state.patches("val")
     result = quantize_int8(state.onnx["fp32"], state.out / rel, calib.images, val.images, config=config,
-                           cache_dir=state.out / "calibration")
+                           cache_dir=state.out / calib_dir)
     info = {"calibration_method": result.method, "calibration_cache": str(result.cache.relative_to(state.out)),
-            "calibration_patches": len(calib), "kept_float_nodes": len(result.excluded_nodes)}
+            "calibration_patches": len(calib), "kept_float_nodes": len(result.excluded_nodes),
+            "target": config.target}
     _gate_onnx(state, recipe, "int8", rel, reference=ort_runner(state.onnx["fp32"]), reference_name="onnxruntime fp32",
-               images=val.images, t0=t0, info=info,
+               images=val.images, t0=t0, info=info, key="int8_trt" if trt else "int8",
                calibration={m: {"agreement": p["agreement"], "cls_max_abs_diff": p["cls_max_abs_diff"]}
                             for m, p in result.parity.items()}, chosen_method=result.method,
                int8_config=asdict(config))
@@ -94,8 +100,6 @@ def int8(state: State, recipe: Recipe) -> None:
 
 def _finetune(state: State, student: Any, config: Any, tag: str) -> tuple[Any, dict[str, Any]]:
     """Distillation fine-tune of ``student`` (teacher: the current network); nnU-Net's loop when configured."""
-    from optimize.distill import finetune, finetune_nnunet
-
     kd = state.options.finetune
     tag = f"{state.out.name}_{tag}"  # one nnU-Net output folder per optimized bundle and stage
     if state.options.nnunet is not None:
@@ -108,10 +112,6 @@ def _finetune(state: State, student: Any, config: Any, tag: str) -> tuple[Any, d
 
 def prune(state: State, recipe: Recipe) -> None:
     """Structured channel pruning (torch-pruning) + distillation fine-tune with the unpruned net as teacher."""
-    from optimize.prune import PruneConfig, prune_network
-    from optimize.recipes import RecipeError
-    from optimize.runners import torch_runner
-
     try:
         ratio = float(recipe.arg) if recipe.arg else 0.3
     except ValueError as exc:
@@ -129,12 +129,6 @@ def prune(state: State, recipe: Recipe) -> None:
 
 def distill(state: State, recipe: Recipe) -> None:
     """Distil the current network into a narrower/shallower student (distill:width=0.5:convs=1)."""
-    import torch
-
-    from optimize.distill import StudentSpec, build_student
-    from optimize.prune import count_macs, count_parameters
-    from optimize.runners import torch_runner
-
     spec = StudentSpec.parse(recipe.arg)
     t0 = time.perf_counter()
     student, config = build_student(state.net, state.bundle.plans, state.config, spec, state.patch)
@@ -153,16 +147,12 @@ def distill(state: State, recipe: Recipe) -> None:
 
 def tensorrt(state: State, recipe: Recipe) -> None:
     """TensorRT engine from the ONNX model (int8 QDQ if built, else fp16; ``tensorrt:fp32`` forces fp32)."""
-    from optimize.runners import torch_runner
-    from optimize.tensorrt_build import build_engine, gpu_identity, require_tensorrt
-    from optimize.validate import TOLERANCES, check_parity
-    from pancreas.backends.tensorrt_backend import TensorRTBackend
-
-    require_tensorrt()
-    gpu_identity()
+    current_target()  # no TensorRT or no GPU: fail before anything is written
     _need_onnx(state)
     precision = recipe.arg or ("int8" if "int8" in state.onnx else "fp16")
-    source = state.onnx["int8"] if precision == "int8" else state.onnx["fp32"]
+    if precision == "int8" and "int8_trt" not in state.onnx:  # TensorRT parses only symmetric signed INT8
+        int8(state, recipe, target="tensorrt")
+    source = state.onnx["int8_trt"] if precision == "int8" else state.onnx["fp32"]
     build = replace(state.options.trt, precision=precision)
     t0 = time.perf_counter()
     rel = f"models/model_{precision}.plan"
@@ -182,10 +172,6 @@ def tensorrt(state: State, recipe: Recipe) -> None:
 
 def compile_(state: State, recipe: Recipe) -> None:
     """torch.export program (``compile``) and optionally an AOTInductor package (``compile:aoti``)."""
-    from optimize.compile import CompileConfig, aoti_package, export_program, load_program
-    from optimize.runners import torch_runner
-    from optimize.validate import TOLERANCES, parity_gate
-
     config: CompileConfig = state.options.compile
     t0 = time.perf_counter()
     rel = "models/model.pt2"
@@ -199,6 +185,8 @@ def compile_(state: State, recipe: Recipe) -> None:
                  seconds=time.perf_counter() - t0, parity=report)
     if recipe.arg == "aoti" or config.aoti:
         rel = "models/model_aoti.pt2"
-        aoti_package(state.net, state.patch, state.out / rel, config=replace(config, aoti=True))
+        device = compile_device(config)
+        aoti_package(state.net, state.patch, state.out / rel, config=replace(config, aoti=True, device=device))
         state.add(Artifact(kind="torch_export", path=rel, precision="fp32", fold=state.source.fold,
-                           patch_size=state.patch, info={"format": "aoti_package", "device": config.device}))
+                           patch_size=state.patch, info={"format": "aoti_package", "device": device,
+                                                         "max_batch": config.max_batch}))

@@ -115,7 +115,7 @@ def patch_accuracy(runner: Runner, images: np.ndarray, labels: np.ndarray, subty
     """Pooled whole-pancreas / lesion DSC and subtype accuracy of ``runner`` on labelled patches.
 
     A cheap, patch-level accuracy signal recorded by every optimize stage; the per-case numbers of
-    ``benchmarks/results/optimize.md`` come from the full engine (:mod:`optimize.report`).
+    ``benchmarks/results/optimize.md`` come from the full engine (:mod:`benchmarks.optimize_report`).
     """
     inter = {"whole": 0.0, "lesion": 0.0}
     total = {"whole": 0.0, "lesion": 0.0}

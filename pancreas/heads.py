@@ -140,12 +140,22 @@ class MaskGuidedHead(nn.Module):
         weights = torch.cat([lesion, whole], dim=1)                       # [B, 2, *S]
         feats = []
         for proj, norm, s, factor in zip(self.proj, self.norms, self.stages, self.factors):
-            w = _downsample(weights, factor).to(skips[s].dtype)           # [B, 2, *S_s]
-            f = skips[s].flatten(2)                                       # [B, C, N]
-            wf = w.flatten(2)                                             # [B, 2, N]
-            pooled = torch.matmul(f, wf.transpose(1, 2)) / (wf.sum(-1).unsqueeze(1) + _EPS)  # [B, C, 2]
+            pooled = _weighted_pool(skips[s], _downsample(weights, factor))  # [B, C, 2], float32
             feats.append(F.leaky_relu(proj(norm(pooled.transpose(1, 2).flatten(1))), 0.01))
         return self.mlp(torch.cat(feats, dim=1))
+
+
+def _weighted_pool(features: Tensor, weights: Tensor) -> Tensor:
+    """Weighted means of ``features`` [B,C,*S] under ``weights`` [B,K,*S] -> [B,C,K], always in float32.
+
+    The sum runs over every voxel of the stage (10^5-10^6 at full resolution): in float16 (autocast) the
+    voxel x feature products overflow to inf and the subtype probabilities become NaN, so autocast is
+    switched off here and both operands are upcast.
+    """
+    with torch.autocast(device_type=features.device.type, enabled=False):
+        f = features.float().flatten(2)                                   # [B, C, N]
+        w = weights.float().flatten(2)                                    # [B, K, N]
+        return torch.matmul(f, w.transpose(1, 2)) / (w.sum(-1).unsqueeze(1) + _EPS)
 
 
 def _cumulative(strides: Sequence[Sequence[int]], stage: int) -> tuple[int, ...]:

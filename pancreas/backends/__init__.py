@@ -23,6 +23,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -31,7 +32,7 @@ from pancreas.bundle import Artifact, Bundle
 from pancreas.errors import BundleError, PancreasError
 
 if TYPE_CHECKING:
-    from pancreas.engine import EngineConfig
+    from pancreas.engine_config import EngineConfig
 
 logger = logging.getLogger(__name__)
 
@@ -86,12 +87,28 @@ def resolve_device(device: str) -> str:
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if device != "cpu" and not device.startswith("cuda"):
+        raise PancreasError(f"device {device!r} is not supported; use auto, cpu, cuda or cuda:N")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise BackendUnavailableError(f"device {device!r} was requested but torch sees no CUDA GPU; "
                                       "use device='cpu' or 'auto'")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise PancreasError(f"device {device!r} is not supported; use auto, cpu or cuda")
+    if device.startswith("cuda"):
+        try:
+            index = torch.device(device).index
+        except RuntimeError as exc:
+            raise PancreasError(f"device {device!r} is not a valid CUDA device; use cuda or cuda:N") from exc
+        if index is not None and index >= torch.cuda.device_count():
+            raise BackendUnavailableError(f"device {device!r} does not exist: torch sees "
+                                          f"{torch.cuda.device_count()} CUDA GPU(s)")
     return device
+
+
+def cuda_index(device: str) -> int:
+    """The CUDA device index of ``device`` (``cuda`` -> the current device)."""
+    import torch
+
+    index = torch.device(device).index
+    return torch.cuda.current_device() if index is None else int(index)
 
 
 def select_artifacts(bundle: Bundle, backend: str, precision: str) -> list[Artifact]:
@@ -100,6 +117,8 @@ def select_artifacts(bundle: Bundle, backend: str, precision: str) -> list[Artif
     arts = bundle.artifacts(kind, precision)
     if not arts and backend in RUNTIME_CAST:
         arts = bundle.artifacts(kind, "fp32")
+    # an artifact written for another runtime (info.target, e.g. TensorRT's symmetric INT8 ONNX) comes last
+    arts = sorted(arts, key=lambda a: a.info.get("target", backend) != backend)
     by_fold: dict[Any, Artifact] = {}
     for art in arts:
         by_fold.setdefault(art.fold, art)
@@ -116,21 +135,69 @@ def _importable(module: str) -> bool:
         return False
 
 
-def resolve_backend(bundle: Bundle, config: EngineConfig) -> str:
-    """The backend name for ``config.backend`` (``auto``: see :class:`pancreas.engine.EngineConfig`)."""
+#: ``backend="auto"``: candidates per device type, best first; the bundle's recommended backend
+#: (``metadata.inference["recommended"]``, written by ``pancreas optimize``) moves to the front
+AUTO_BACKENDS: dict[str, tuple[str, ...]] = {"cuda": ("tensorrt", "torch"), "cpu": ("onnxruntime", "torch")}
+#: ``precision="auto"``: precisions a backend tries, best first, when the bundle recommends none for it
+#: (any other backend, and every backend without matching artifacts, runs fp32)
+AUTO_PRECISIONS: dict[str, tuple[str, ...]] = {"tensorrt": ("int8", "fp16", "fp32")}
+#: What a user may ask for (CLI choices, service settings); backends come from :func:`backend_choices`.
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "fp16", "bf16", "int8")
+
+
+def backend_choices() -> tuple[str, ...]:
+    """``auto`` plus every registered backend name."""
+    return ("auto", *BACKENDS)
+
+
+def recommended(bundle: Bundle) -> tuple[str | None, str | None]:
+    """``(backend, precision)`` of ``metadata.inference["recommended"]`` (``None`` where unset)."""
+    rec = bundle.metadata.inference.get("recommended")
+    if not isinstance(rec, dict):
+        return None, None
+    return rec.get("backend"), rec.get("precision")
+
+
+def resolve_precision(bundle: Bundle, backend: str, precision: str) -> str:
+    """``precision``, or for ``auto``: the bundle's recommended precision when it recommends ``backend``
+    and has those artifacts, else the first of :data:`AUTO_PRECISIONS` it has, else ``fp32``."""
+    if precision != "auto":
+        return precision
+    rec_backend, rec_precision = recommended(bundle)
+    if rec_backend == backend and rec_precision and select_artifacts(bundle, backend, rec_precision):
+        return str(rec_precision)
+    return next((p for p in AUTO_PRECISIONS.get(backend, ()) if select_artifacts(bundle, backend, p)), "fp32")
+
+
+def _runnable(bundle: Bundle, backend: str, precision: str) -> bool:
+    """Whether ``backend`` has what it needs here: its runtime (TensorRT) and artifacts at ``precision``."""
+    if backend == "tensorrt" and not (_importable("tensorrt") and _importable(BACKENDS["tensorrt"].split(":")[0])):
+        return False
+    return backend in RUNTIME_CAST or bool(select_artifacts(bundle, backend, precision))
+
+
+def resolve(bundle: Bundle, config: EngineConfig) -> tuple[str, str]:
+    """``(backend, precision)`` for ``config``, with ``auto`` resolved (see :class:`pancreas.engine.EngineConfig`)."""
     if config.backend != "auto":
         if config.backend not in BACKENDS:
             raise PancreasError(f"backend {config.backend!r} is unknown; choose auto or one of {sorted(BACKENDS)}")
-        return config.backend
+        return config.backend, resolve_precision(bundle, config.backend, config.precision)
     device = resolve_device(config.device)
-    if device.startswith("cuda"):
-        if select_artifacts(bundle, "tensorrt", config.precision) and _importable("tensorrt") \
-                and _importable(BACKENDS["tensorrt"].split(":")[0]):
-            return "tensorrt"
-        return "torch"
-    if select_artifacts(bundle, "onnxruntime", config.precision):
-        return "onnxruntime"
-    return "torch"
+    candidates = list(AUTO_BACKENDS["cuda" if device.startswith("cuda") else "cpu"])
+    rec_backend, _ = recommended(bundle)
+    if rec_backend in candidates:
+        candidates.insert(0, candidates.pop(candidates.index(rec_backend)))
+    for name in candidates:
+        precision = resolve_precision(bundle, name, config.precision)
+        if _runnable(bundle, name, precision):
+            return name, precision
+    return "torch", resolve_precision(bundle, "torch", config.precision)
+
+
+def resolve_backend(bundle: Bundle, config: EngineConfig) -> str:
+    """The backend name for ``config.backend`` (``auto`` resolved; see :func:`resolve`)."""
+    return resolve(bundle, config)[0]
 
 
 def load_factory(name: str) -> Any:
@@ -148,7 +215,11 @@ def load_factory(name: str) -> Any:
 
 def create_backend(bundle: Bundle, config: EngineConfig, artifact: Artifact | None = None) -> Backend:
     """Build the backend for ``config`` (one artifact, or every fold of the selected kind/precision)."""
-    name = resolve_backend(bundle, config)
+    name, precision = resolve(bundle, config)
+    if (name, precision) != (config.backend, config.precision):
+        logger.info("backend %s/%s resolved to %s at %s (bundle recommends %s)", config.backend, config.precision,
+                    name, precision, "/".join(str(r) for r in recommended(bundle)))
+        config = replace(config, precision=precision)
     factory = load_factory(name)
     if artifact is not None:
         return factory(bundle, config, artifact)

@@ -1,8 +1,11 @@
 """onnxruntime backend: an ONNX artifact of the multi-task network (fp32, fp16 or int8).
 
 Execution providers: on CUDA devices ``CUDAExecutionProvider`` (and ``TensorrtExecutionProvider`` only when
-asked for through ``EngineConfig.providers``), always with ``CPUExecutionProvider`` last; providers that
-this onnxruntime build lacks are skipped with a log line, never silently swapped for something else.
+asked for through ``EngineConfig.providers``) on the device's CUDA index, always with
+``CPUExecutionProvider`` last; providers that this onnxruntime build lacks are skipped with a log line, and
+a session that fails to start a provider it was asked for is an error (``session.get_providers()`` is
+checked), never a silent CPU run. ``device="auto"`` on a GPU host without a GPU provider runs on the CPU
+with a warning.
 
 The graph must have one input ``[B,1,*patch]`` and two outputs: segmentation logits (rank 5) and class
 logits (rank 2); outputs are told apart by rank. A dynamic batch axis runs any batch; a fixed one makes
@@ -18,12 +21,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pancreas.backends import BackendUnavailableError, patch_size_of, resolve_device
+from pancreas.backends import BackendUnavailableError, cuda_index, patch_size_of, resolve_device
 from pancreas.bundle import Artifact, Bundle
 from pancreas.errors import BundleError
 
 if TYPE_CHECKING:
-    from pancreas.engine import EngineConfig
+    from pancreas.engine_config import EngineConfig
 
 logger = logging.getLogger(__name__)
 
@@ -31,11 +34,11 @@ _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 DYNAMIC_MAX_BATCH = 64
 
 
-def choose_providers(device: str, requested: Sequence[str] | None = None) -> list[str]:
-    """Providers to ask for, in order, among those this onnxruntime has."""
-    import onnxruntime as ort
+#: execution providers that run on a GPU (they take ``device_id``)
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
-    available = set(ort.get_available_providers())
+
+def _wanted(device: str, requested: Sequence[str] | None) -> list[str]:
     if requested:
         wanted = list(requested)
     elif device.startswith("cuda"):
@@ -44,6 +47,15 @@ def choose_providers(device: str, requested: Sequence[str] | None = None) -> lis
         wanted = ["CPUExecutionProvider"]
     if "CPUExecutionProvider" not in wanted:
         wanted.append("CPUExecutionProvider")
+    return wanted
+
+
+def choose_providers(device: str, requested: Sequence[str] | None = None) -> list[str]:
+    """Providers to ask for, in order, among those this onnxruntime has."""
+    import onnxruntime as ort
+
+    available = set(ort.get_available_providers())
+    wanted = _wanted(device, requested)
     missing = [p for p in wanted if p not in available]
     if missing:
         logger.warning("onnxruntime lacks %s (available: %s); skipping them", missing, sorted(available))
@@ -52,6 +64,43 @@ def choose_providers(device: str, requested: Sequence[str] | None = None) -> lis
         raise BackendUnavailableError(f"device {device!r} needs a GPU execution provider but onnxruntime has only "
                                       f"{sorted(available)}; install onnxruntime-gpu or use device='cpu'")
     return chosen
+
+
+def provider_options(providers: Sequence[str], device: str) -> list[dict[str, str]]:
+    """Per-provider options: the GPU providers run on ``device``'s CUDA index (``cuda`` -> the current one)."""
+    if not device.startswith("cuda"):
+        return [{} for _ in providers]
+    index = str(cuda_index(device))
+    return [{"device_id": index} if p in GPU_PROVIDERS else {} for p in providers]
+
+
+def check_providers(requested: Sequence[str], active: Sequence[str], path: str | Path) -> None:
+    """Raise when a session dropped a requested provider.
+
+    onnxruntime lists ``CUDAExecutionProvider`` whenever onnxruntime-gpu is installed, even where its CUDA
+    or cuDNN libraries fail to load; the session then quietly runs on the CPU.
+    """
+    lost = [p for p in requested if p not in active]
+    if lost:
+        raise BackendUnavailableError(f"onnxruntime could not start {lost} for {path} (running: {list(active)}); "
+                                      "its CUDA/cuDNN/TensorRT libraries probably failed to load (see the "
+                                      "onnxruntime log above): fix the GPU install or use device='cpu'")
+
+
+def session_device(device: str, requested: Sequence[str] | None = None) -> str:
+    """``device`` resolved for onnxruntime: ``auto`` on a GPU host whose onnxruntime has no GPU provider runs
+    on the CPU (with a warning) instead of failing; an explicit ``cuda`` still fails in :func:`choose_providers`."""
+    import onnxruntime as ort
+
+    resolved = resolve_device(device)
+    if device != "auto" or not resolved.startswith("cuda"):
+        return resolved
+    available = set(ort.get_available_providers())
+    if not [p for p in _wanted(resolved, requested) if p in GPU_PROVIDERS and p in available]:
+        logger.warning("device auto: torch sees a GPU but onnxruntime offers only %s (install onnxruntime-gpu "
+                       "for GPU inference); running onnxruntime on the CPU", sorted(available))
+        return "cpu"
+    return resolved
 
 
 class OnnxRuntimeBackend:
@@ -69,12 +118,15 @@ class OnnxRuntimeBackend:
         if num_threads:
             opts.intra_op_num_threads = int(num_threads)
             opts.inter_op_num_threads = 1
-        self.providers = choose_providers(device, providers)
+        wanted = choose_providers(device, providers)
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=self.providers)
+            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=wanted,
+                                                provider_options=provider_options(wanted, device))
         except Exception as exc:  # onnxruntime raises its own untyped exceptions for bad graphs
             raise BundleError(f"ONNX artifact {path} cannot be loaded by onnxruntime ({exc})",
                               code="bundle_corrupt") from exc
+        self.providers = list(self.session.get_providers())
+        check_providers(wanted, self.providers, path)
         self.device = device
         self.precision = precision
         self._parse_io(path, patch_size)
@@ -127,9 +179,9 @@ def create(bundle: Bundle, config: EngineConfig, artifact: Artifact) -> OnnxRunt
     """Factory registered as ``onnxruntime`` in :data:`pancreas.backends.BACKENDS`."""
     if artifact.kind != "onnx":
         raise BundleError(f"onnxruntime backend cannot load a {artifact.kind} artifact ({artifact.path})")
-    device = resolve_device(config.device)
+    device = session_device(config.device, config.providers)
     backend = OnnxRuntimeBackend(bundle.path(artifact), device=device, precision=artifact.precision,
-                                 providers=getattr(config, "providers", None), num_threads=config.num_threads,
+                                 providers=config.providers, num_threads=config.num_threads,
                                  patch_size=patch_size_of(bundle, artifact))
     logger.info("onnxruntime backend: %s (%s) with %s", artifact.path, artifact.precision, backend.providers)
     return backend

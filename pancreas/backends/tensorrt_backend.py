@@ -1,12 +1,12 @@
-"""TensorRT backend: a serialized engine (``.plan``) built by :mod:`optimize.tensorrt_build`.
+"""TensorRT backend: a serialized engine (``.plan``) built by :mod:`pancreas.backends.tensorrt_build`.
 
 Engines are specific to a GPU model and a TensorRT version. On start the backend compares the engine's
-metadata (``<engine>.json``: TensorRT version, GPU name, compute capability) with this machine; when they
-differ, or the engine is missing, it rebuilds the engine from the bundle's ONNX artifact named in
-``Artifact.info["onnx"]`` with the recorded build options (``info["build"]``) into ``$XDG_CACHE_HOME/pancreas/tensorrt/`` (never into the bundle, whose artifacts are
-checksummed). The precision reported is the one
-recorded as *built*. Buffers are torch CUDA tensors; the engine runs with ``execute_async_v3`` on a
-dedicated CUDA stream (TensorRT 10 name-based I/O API).
+metadata (``<engine>.json``: TensorRT version, GPU name, compute capability) with this machine
+(:func:`~pancreas.backends.tensorrt_build.engine_matches`); when they differ, or the engine is missing, it
+rebuilds the engine from the bundle's ONNX artifact named in ``Artifact.info["onnx"]`` with the recorded
+build options (``info["build"]``) into ``$XDG_CACHE_HOME/pancreas/tensorrt/`` (never into the bundle, whose
+artifacts are checksummed). The precision reported is the one recorded as *built*. Buffers are torch CUDA
+tensors; the engine runs with ``execute_async_v3`` on a dedicated CUDA stream (TensorRT 10 name-based I/O API).
 
 ``tensorrt`` is imported only when this backend is created.
 """
@@ -21,21 +21,37 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pancreas.backends import BackendUnavailableError, patch_size_of, resolve_device
+from pancreas.backends.tensorrt_build import (
+    EngineMetadata,
+    TrtBuildConfig,
+    build_engine,
+    engine_matches,
+    metadata_path,
+    require_tensorrt,
+    trt_logger,
+)
 from pancreas.bundle import Artifact, Bundle
 from pancreas.errors import BundleError
 
 if TYPE_CHECKING:
-    from pancreas.engine import EngineConfig
+    from pancreas.engine_config import EngineConfig
 
 logger = logging.getLogger(__name__)
+
+
+#: TensorRT DataType name -> torch dtype name (names a TensorRT version lacks are skipped)
+TRT_DTYPES: dict[str, str] = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT8": "int8",
+                              "UINT8": "uint8", "INT32": "int32", "INT64": "int64", "BOOL": "bool"}
 
 
 def _torch_dtype(trt: Any, dtype: Any) -> Any:
     import torch
 
-    table = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16,
-             trt.DataType.INT32: torch.int32, trt.DataType.INT8: torch.int8}
-    return table[dtype]
+    for trt_name, torch_name in TRT_DTYPES.items():
+        if getattr(trt.DataType, trt_name, None) == dtype:
+            return getattr(torch, torch_name)
+    raise BackendUnavailableError(f"TensorRT engine output dtype {dtype} has no torch buffer type here; "
+                                  f"supported: {sorted(TRT_DTYPES)}")
 
 
 class TensorRTBackend:
@@ -48,15 +64,15 @@ class TensorRTBackend:
                  max_batch: int, device: str = "cuda") -> None:
         import torch
 
-        from optimize.tensorrt_build import require_tensorrt
-
         trt = require_tensorrt()
         self._trt = trt
-        self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self.engine = self.runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
-        if self.engine is None:
-            raise BackendUnavailableError(f"TensorRT could not deserialize {engine_path}; rebuild it for this GPU")
-        self.context = self.engine.create_execution_context()
+        self._logger = trt_logger()  # the runtime keeps a pointer to it: it must outlive the runtime
+        with torch.cuda.device(torch.device(device)):  # TensorRT uses the current CUDA device
+            self.runtime = trt.Runtime(self._logger)
+            self.engine = self.runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
+            if self.engine is None:
+                raise BackendUnavailableError(f"TensorRT could not deserialize {engine_path}; rebuild it for this GPU")
+            self.context = self.engine.create_execution_context()
         self.stream = torch.cuda.Stream(device=device)
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
@@ -72,7 +88,12 @@ class TensorRTBackend:
     def _run(self, x: Any) -> tuple[Any, Any]:
         import torch
 
-        x = x.to(self.device, dtype=torch.float32).contiguous()
+        with torch.cuda.device(torch.device(self.device)):
+            return self._execute(x.to(self.device, dtype=torch.float32).contiguous())
+
+    def _execute(self, x: Any) -> tuple[Any, Any]:
+        import torch
+
         self.context.set_input_shape(self.input_name, tuple(x.shape))
         self.context.set_tensor_address(self.input_name, x.data_ptr())
         outs = []
@@ -112,19 +133,12 @@ def rebuilt_engine_path(bundle: Bundle, artifact: Artifact) -> Path:
     return folder / Path(artifact.path).name
 
 
-def ensure_engine(bundle: Bundle, artifact: Artifact) -> tuple[Path, str]:
-    """The engine to load (rebuilt from the ONNX artifact when missing or built elsewhere) and its precision."""
-    from optimize.tensorrt_build import (
-        EngineMetadata,
-        TrtBuildConfig,
-        build_engine,
-        engine_matches,
-        metadata_path,
-    )
-
+def ensure_engine(bundle: Bundle, artifact: Artifact, device: str = "cuda") -> tuple[Path, str]:
+    """The engine to load on ``device`` (rebuilt from the ONNX artifact when missing or built for another GPU)
+    and its precision."""
     reasons = []
     for candidate in (bundle.path(artifact), rebuilt_engine_path(bundle, artifact)):
-        ok, why = engine_matches(candidate)
+        ok, why = engine_matches(candidate, device)
         if ok:
             return candidate, EngineMetadata.read(metadata_path(candidate)).precision
         reasons.append(why)
@@ -136,7 +150,7 @@ def ensure_engine(bundle: Bundle, artifact: Artifact) -> tuple[Path, str]:
     target = rebuilt_engine_path(bundle, artifact)
     logger.warning("rebuilding TensorRT engine %s: %s", target, why)
     build = TrtBuildConfig(**artifact.info.get("build", {"precision": artifact.precision}))
-    meta = build_engine(bundle.root / onnx_rel, target, config=build)
+    meta = build_engine(bundle.root / onnx_rel, target, config=build, device=device)
     return target, meta.precision
 
 
@@ -148,7 +162,7 @@ def create(bundle: Bundle, config: EngineConfig, artifact: Artifact) -> TensorRT
         raise BackendUnavailableError("the tensorrt backend runs on CUDA only; use device='auto' or 'cuda', or "
                                       "the onnxruntime/torch backend on CPU")
     device = resolve_device("cuda" if config.device == "auto" else config.device)
-    engine_path, built = ensure_engine(bundle, artifact)
+    engine_path, built = ensure_engine(bundle, artifact, device)
     max_batch = int(artifact.info.get("build", {}).get("max_batch", config.batch_size))
     logger.info("tensorrt backend: %s (%s) on %s", engine_path, built, device)
     return TensorRTBackend(engine_path, precision=built, patch_size=patch_size_of(bundle, artifact),

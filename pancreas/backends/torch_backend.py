@@ -22,7 +22,7 @@ from pancreas.bundle import Artifact, Bundle
 from pancreas.errors import BundleError
 
 if TYPE_CHECKING:
-    from pancreas.engine import EngineConfig
+    from pancreas.engine_config import EngineConfig
 
 logger = logging.getLogger(__name__)
 
@@ -124,29 +124,57 @@ class ProgramModule(torch.nn.Module):
 
 
 def load_program(path: str | Path, *, fmt: str = "exported_program", device: str = "cpu") -> ProgramModule:
-    """Load a ``torch.export`` program (``exported_program``, moved to ``device``) or an AOTInductor package
-    (``aoti_package``, which runs on the device it was compiled for)."""
+    """Load a ``torch.export`` program (``exported_program``) or an AOTInductor package (``aoti_package``).
+
+    An exported program is moved to ``device`` with ``torch.export.passes.move_to_device_pass``: it
+    rewrites the weights *and* the ``_assert_tensor_metadata(device=...)`` checks recorded at export time,
+    which ``.module().to(device)`` leaves on the export device ("Tensor device mismatch" on the first
+    call). An AOTInductor package runs on the device type it was compiled for; ``device`` only picks the
+    CUDA index.
+    """
+    from torch.export.passes import move_to_device_pass
+
     path = Path(path)
     if not path.is_file():
         raise BundleError(f"compiled artifact {path} does not exist; run `pancreas optimize --recipe compile`",
                           code="bundle_incomplete")
     if fmt == "aoti_package":
-        return ProgramModule(torch._inductor.aoti_load_package(str(path)))
+        index = torch.device(device).index
+        return ProgramModule(torch._inductor.aoti_load_package(str(path), device_index=-1 if index is None
+                                                               else index))
     if fmt != "exported_program":
         raise BundleError(f"unknown compiled format {fmt!r}; expected exported_program or aoti_package",
                           code="bundle_corrupt")
-    return ProgramModule(torch.export.load(str(path)).module().to(device))
+    return ProgramModule(move_to_device_pass(torch.export.load(str(path)), device).module())
+
+
+def exported_device(artifact: Artifact, requested: str) -> str:
+    """The device a ``torch_export`` artifact runs on: an AOTInductor package only on its compile device type
+    (``info["device"]``); ``requested`` is the resolved engine device."""
+    if artifact.info.get("format") != "aoti_package":
+        return requested
+    built = str(artifact.info.get("device", "cpu"))
+    if torch.device(built).type == torch.device(requested).type:
+        return requested
+    raise BackendUnavailableError(f"AOTInductor package {artifact.path} was compiled for {built!r} and cannot run "
+                                  f"on {requested!r}; serve it with device={built!r}, or rebuild it with "
+                                  f"`pancreas optimize --recipe compile:aoti --compile-device {requested}`")
 
 
 def create_exported(bundle: Bundle, config: EngineConfig, artifact: Artifact) -> TorchBackend:
     """Factory registered as ``torch_export``: a compiled artifact (``pancreas optimize --recipe compile``)
-    served by :class:`TorchBackend` (fp32; its batch is bounded by the exported dynamic batch)."""
+    served by :class:`TorchBackend` (fp32; its batch is bounded by the exported dynamic batch).
+
+    With ``device="auto"`` an AOTInductor package runs on the device it was compiled for."""
     if artifact.kind != "torch_export":
         raise BundleError(f"torch_export backend cannot load a {artifact.kind} artifact ({artifact.path})")
     if config.num_threads:
         torch.set_num_threads(int(config.num_threads))
-    device = resolve_device(config.device)
     fmt = str(artifact.info.get("format", "exported_program"))
+    wanted = config.device
+    if config.device == "auto" and fmt == "aoti_package":
+        wanted = str(artifact.info.get("device", "cpu"))
+    device = exported_device(artifact, resolve_device(wanted))
     net = load_program(bundle.path(artifact), fmt=fmt, device=device)
     logger.info("torch_export backend: %s (%s) on %s", artifact.path, fmt, device)
     return TorchBackend(net, patch_size=patch_size_of(bundle, artifact), device=device, precision="fp32",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -96,8 +97,86 @@ def test_discover_skips_what_cannot_run(bundle) -> None:
     cpu = Environment(cuda=False, tensorrt=False, ort_cuda=False)
     names = [c.name for c in discover([bundle.root], env=cpu)]
     assert names == ["nnunet-default", "nnunet-no-tta", "torch-fp32", "torch-fp32-c2f"]  # no ONNX, no GPU
-    assert "torch-compiled-c2f" in [c.name for c in discover([bundle.root], env=cpu, patterns=["torch-comp*"])]
+    assert "torch-compiled-fp32-c2f" in [c.name for c in discover([bundle.root], env=cpu, patterns=["torch-comp*"])]
     gpu = Environment(cuda=True, tensorrt=False, ort_cuda=False)
-    assert "torch-fp16-c2f" in [c.name for c in discover([bundle.root], env=gpu)]
+    on_gpu = [c.name for c in discover([bundle.root], env=gpu)]
+    assert {"torch-fp16", "torch-fp16-c2f", "torch-compiled-fp16", "torch-compiled-fp16-c2f"} <= set(on_gpu)
     with pytest.raises(PancreasError, match="no candidate matches"):
         discover([bundle.root], env=cpu, patterns=["nothing*"])
+
+
+class _FakeWorker:
+    """Stands in for a candidate's process: answers runs with a fixed time; can raise Ctrl-C on a run."""
+
+    interrupt_on: int | None = None
+    calls = 0
+
+    def __init__(self, candidate: dict, warm: str, *, timeout_s: float) -> None:
+        self.name, self.timeout_s = candidate["name"], timeout_s
+        self.process = type("P", (), {"is_alive": staticmethod(lambda: True)})()
+
+    def ready(self) -> dict:
+        return {"ok": True, "load_s": 0.0, "warmup_s": 0.0, "info": {}}
+
+    def run(self, image: str, output: str) -> dict:
+        type(self).calls += 1
+        if type(self).calls == self.interrupt_on:
+            raise KeyboardInterrupt
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(image.replace("_0000.nii.gz", ".nii.gz"), output)  # the ground truth as the mask
+        ms = 30_000.0 if self.name == BASELINE else 100.0
+        return {"ok": True, "total_ms": ms, "stages_ms": {"inference": ms}, "peak_rss_mb": 1.0,
+                "rss_method": "fake", "gpu_peak_mb": None}
+
+    def close(self) -> None:
+        pass
+
+
+def _progress_run(monkeypatch, tmp_path: Path, case_writer, *, deadline: float | None, interrupt_on: int | None):
+    import benchmarks.worker
+    from benchmarks.compare import CompareConfig, _Progress, _run_all, _Scores
+
+    monkeypatch.setattr(benchmarks.worker, "Worker", _FakeWorker)
+    monkeypatch.setattr(_FakeWorker, "calls", 0)
+    monkeypatch.setattr(_FakeWorker, "interrupt_on", interrupt_on)
+    for name in ("a_001", "b_002"):
+        case_writer(tmp_path / "cases", name, (8, 16, 16))
+    cases = find_cases(tmp_path / "cases")
+    cands = [Candidate(BASELINE, "nnunet", "x", repeats=1), Candidate("fast", "engine", "x")]
+    cfg = CompareConfig(bundles=("x",), cases=str(tmp_path / "cases"), out=str(tmp_path), repeats=3,
+                        deadline=deadline)
+    progress = _Progress(setup={}, runs=[], skipped=[], scores=_Scores(cases))
+    updates: list[int] = []
+    _run_all(cfg, cands, cases, tmp_path / "masks", progress, on_run=lambda: updates.append(len(progress.runs)))
+    return progress, updates
+
+
+def test_run_all_leaves_out_runs_past_the_deadline(monkeypatch, tmp_path: Path, case_writer) -> None:
+    import time
+
+    progress, updates = _progress_run(monkeypatch, tmp_path, case_writer, deadline=time.time() + 20,
+                                      interrupt_on=None)
+    done = [(r["candidate"], r["case"]) for r in progress.runs]
+    # the baseline took 30 s (fake) on a_001: expected about as long on b_002, which no longer fits
+    assert (BASELINE, "a_001") in done and (BASELINE, "b_002") not in done
+    assert any(k["candidate"] == BASELINE and "time budget" in k["reason"] for k in progress.skipped)
+    assert sum(c == "fast" for c, _ in done) == 6  # every repeat of the fast candidate still ran
+    assert updates == list(range(1, len(progress.runs) + 1))  # reported after every run
+    assert progress.scores.scores[("fast", "a_001")]["agreement"]["whole"] == 1.0
+    assert len((tmp_path / "compare.runs.jsonl").read_text().splitlines()) == len(progress.runs)
+
+
+def test_run_all_reports_what_finished_when_interrupted(monkeypatch, tmp_path: Path, case_writer) -> None:
+    progress, _ = _progress_run(monkeypatch, tmp_path, case_writer, deadline=None, interrupt_on=3)
+    assert len(progress.runs) == 2 and "_interrupted" in progress.setup
+
+
+def test_ort_rows_only_where_cuda_provider_runs() -> None:
+    demo = Path(__file__).resolve().parents[2] / "pancreas" / "demo_bundle"
+    no_ort = Environment(cuda=True, tensorrt=False, ort_cuda=False)
+    assert not [c for c in discover([demo], env=no_ort) if c.name.startswith("ort-")]
+    ort = Environment(cuda=True, tensorrt=False, ort_cuda=True)
+    rows = [c for c in discover([demo], env=ort) if c.name.startswith("ort-")]
+    assert rows and all(c.options["device"] == "cuda" for c in rows)
+    cpu = Environment(cuda=False, tensorrt=False, ort_cuda=False)
+    assert all(c.options["device"] == "cpu" for c in discover([demo], env=cpu) if c.name.startswith("ort-"))

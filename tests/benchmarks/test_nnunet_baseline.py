@@ -43,3 +43,19 @@ def test_state_dicts_match_the_view_keys(bundle) -> None:
     (params,) = state_dicts(bundle)
     assert set(params) == set(view.state_dict())
     view.load_state_dict(params)  # strict
+
+
+def test_warmup_runs_nnunets_own_predict_path(bundle, monkeypatch) -> None:
+    """Warm-up goes through predict_logits_from_preprocessed_data (every fold, TTA, autocast on CUDA)."""
+    baseline = NnUNetBaseline(bundle, NnUNetSettings())
+    seen: list[tuple[int, ...]] = []
+    original = baseline.predictor.predict_sliding_window_return_logits
+
+    def spy(x):
+        seen.append(tuple(x.shape))
+        return original(x)
+
+    monkeypatch.setattr(baseline.predictor, "predict_sliding_window_return_logits", spy)
+    baseline.warmup()
+    patch = tuple(baseline.configuration_manager.patch_size)
+    assert seen == [(1, *patch)] * len(baseline.predictor.list_of_parameters)

@@ -22,7 +22,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILES = {name: REPO / "docker" / name for name in ("Dockerfile", "Dockerfile.cpu")}
 HADOLINT_CONFIG = REPO / "docker" / ".hadolint.yaml"
-BUILD_TOOLS = ("build-essential", "gcc", "g++", "python3-dev", "-dev ")
+BUILD_TOOLS = ("build-essential", "make", "gcc", "g++", "python3-dev", "cmake")
+#: what torch.compile (Triton) and AOTInductor compile with at run time: allowed in the GPU runtime stage only
+JIT_TOOLCHAIN = ("gcc", "g++", "python3-dev")
 
 
 @dataclass(frozen=True)
@@ -75,11 +77,18 @@ def test_hadolint_can_fail(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("kind", sorted(DOCKERFILES))
 def test_multi_stage_without_build_tools_in_the_final_stage(kind: str) -> None:
+    """No build tools in the final stage, except in the GPU image the JIT toolchain torch.compile (Triton) and
+    AOTInductor need at run time: gcc, g++ and the Python headers."""
     stages = parse(DOCKERFILES[kind])
     assert len(stages) >= 3, "expected global ARGs + builder + runtime stages"
     final = stages[-1]
-    final_runs = " ".join(i.args for i in final if i.keyword == "RUN")
-    assert not [t for t in BUILD_TOOLS if t in final_runs + " "], final_runs
+    final_runs = " ".join(i.args for i in final if i.keyword == "RUN") + " "
+    allowed = set(JIT_TOOLCHAIN) if kind == "Dockerfile" else set()
+    installed = {t for t in BUILD_TOOLS if f" {t.strip()} " in f" {final_runs}"}
+    assert installed <= allowed, final_runs
+    assert not [w for w in final_runs.split() if w.endswith("-dev") and w not in allowed], final_runs
+    if kind == "Dockerfile":
+        assert installed == allowed, f"the GPU runtime stage lacks {sorted(allowed - installed)}: {final_runs}"
     assert any(i.keyword == "COPY" and i.args.startswith("--from=builder /opt/venv") for i in final)
 
 

@@ -137,3 +137,71 @@ def test_torch_cuda_fp16_close_to_fp32(bundle) -> None:
     h = create_backend(bundle, EngineConfig(backend="torch", device="cuda", precision="fp16"))
     x = torch.randn(2, 1, *a.patch_size, device="cuda")
     torch.testing.assert_close(h(x)[0], a(x)[0], atol=5e-2, rtol=5e-2)
+
+
+def _with_recommendation(bundle: Bundle, root: Path, recommended: dict[str, str],
+                         extra: list[Artifact] = ()) -> Bundle:
+    shutil.copytree(bundle.root, root)
+    meta = bundle.metadata.model_copy(deep=True)
+    meta.artifacts.extend(extra)
+    meta.inference = {**meta.inference, "recommended": recommended}
+    for art in extra:
+        (root / art.path).write_bytes(b"stand-in")  # never loaded: only resolution is tested
+    return Bundle.write(root, meta, bundle.plans, bundle.dataset)
+
+
+def test_auto_honours_the_recommended_backend_and_precision(onnx_bundle, tmp_path, monkeypatch) -> None:
+    """``metadata.inference["recommended"]`` (pancreas optimize) is read; at the default precision auto
+    picks an fp16 TensorRT engine on a GPU host (device resolution and the TensorRT import faked)."""
+    engines = [Artifact(kind="tensorrt", path="models/model_fp16.plan", precision="fp16")]
+    trt = _with_recommendation(onnx_bundle, tmp_path / "trt", {"backend": "tensorrt", "precision": "fp16"}, engines)
+    to_torch = _with_recommendation(onnx_bundle, tmp_path / "torch", {"backend": "torch", "precision": "fp32"})
+    monkeypatch.setattr(backends, "resolve_device", lambda device: "cpu")
+    assert backends.resolve(trt, EngineConfig()) == ("onnxruntime", "fp32")  # recommendation not runnable on CPU
+    assert backends.resolve(to_torch, EngineConfig()) == ("torch", "fp32")  # recommended over onnxruntime
+    assert backends.resolve(to_torch, EngineConfig(precision="fp32")) == ("torch", "fp32")
+    monkeypatch.setattr(backends, "resolve_device", lambda device: "cuda")
+    monkeypatch.setattr(backends, "_importable", lambda module: True)
+    assert backends.resolve(trt, EngineConfig()) == ("tensorrt", "fp16")
+    assert backends.resolve(trt, EngineConfig(backend="tensorrt")) == ("tensorrt", "fp16")
+    assert backends.resolve(trt, EngineConfig(precision="fp32")) == ("torch", "fp32")  # no fp32 engine
+    monkeypatch.setattr(backends, "_importable", lambda module: False)
+    assert backends.resolve(trt, EngineConfig()) == ("torch", "fp32")
+
+
+def test_artifacts_written_for_another_runtime_come_last(onnx_bundle, tmp_path) -> None:
+    trt_qdq = Artifact(kind="onnx", path="models/model_int8_trt.onnx", precision="int8", info={"target": "tensorrt"})
+    ort_qdq = Artifact(kind="onnx", path="models/model_int8.onnx", precision="int8")
+    b = _with_recommendation(onnx_bundle, tmp_path / "b", {}, [trt_qdq, ort_qdq])
+    assert [a.path for a in backends.select_artifacts(b, "onnxruntime", "int8")] == [ort_qdq.path]
+
+
+@pytest.mark.filterwarnings("ignore:Specified provider:UserWarning")
+def test_a_provider_the_session_dropped_is_an_error(onnx_bundle, monkeypatch) -> None:
+    """onnxruntime lists a provider it then fails to start (here: CUDA on a CPU build); the backend
+    compares ``session.get_providers()`` with the request instead of quietly running on the CPU."""
+    import onnxruntime as ort
+
+    from pancreas.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    path = onnx_bundle.path(onnx_bundle.artifacts("onnx")[0])
+    with pytest.raises(BackendUnavailableError, match="could not start \\['CUDAExecutionProvider'\\]"):
+        OnnxRuntimeBackend(path, device="cpu", providers=["CUDAExecutionProvider"], num_threads=1)
+    assert OnnxRuntimeBackend(path, device="cpu", num_threads=1).providers == ["CPUExecutionProvider"]
+
+
+def test_onnxruntime_device_auto_and_cuda_index(monkeypatch, caplog) -> None:
+    from pancreas.backends import onnxruntime_backend as ortb
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with caplog.at_level("WARNING", logger=ortb.__name__):
+        assert ortb.session_device("auto") == "cpu"  # a GPU host whose onnxruntime has no GPU provider
+    assert "running onnxruntime on the CPU" in caplog.text
+    with pytest.raises(BackendUnavailableError, match="onnxruntime-gpu"):
+        ortb.choose_providers(ortb.session_device("cuda"))
+    assert ortb.provider_options(["CUDAExecutionProvider", "CPUExecutionProvider"], "cuda:1") == \
+        [{"device_id": "1"}, {}]
+    with pytest.raises(BackendUnavailableError, match="does not exist"):
+        backends.resolve_device("cuda:2")

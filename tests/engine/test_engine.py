@@ -177,3 +177,69 @@ def test_cuda_engine_matches_cpu(bundle, make_ct, make_volume) -> None:
     assert (cpu.mask == gpu.mask).mean() > 0.99
     half = Engine.from_bundle(bundle, EngineConfig(backend="torch", device="cuda", precision="fp16")).predict(vol)
     assert half.mask.shape == vol.shape
+
+
+def test_warmup_leaves_nothing_to_recompile(bundle, make_ct, make_volume, monkeypatch) -> None:
+    """Warm-up runs under ``torch.inference_mode`` like the sliding window: torch.compile guards on
+    inference tensors, so a warm-up outside it would leave both batch shapes to recompile on the first
+    request (dynamo's eager backend with a compile counter stands in for inductor)."""
+    import functools
+
+    import torch
+    from torch._dynamo.testing import CompileCounter
+
+    counter = CompileCounter()
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend=counter))
+    torch._dynamo.reset()
+    engine = Engine.from_bundle(bundle, EngineConfig(backend="torch", device="cpu", compile=True, batch_size=2))
+    engine.warmup()
+    warm = counter.frame_count
+    assert warm >= 1
+    engine.predict(make_volume(make_ct((24, 44, 48), seed=4), SPACING))
+    assert counter.frame_count == warm
+    torch._dynamo.reset()
+
+
+class _OutOfMemoryOnDevice:
+    """A real backend that raises CUDA OOM while the engine aggregates on the GPU (input on CUDA)."""
+
+    def __init__(self, backend) -> None:
+        self.inner, self.calls_on_gpu = backend, 0
+        for name in ("name", "precision", "device", "patch_size", "max_batch", "accepts_tensors"):
+            setattr(self, name, getattr(backend, name))
+
+    def __call__(self, patches):
+        import torch
+
+        if isinstance(patches, torch.Tensor) and patches.is_cuda:
+            self.calls_on_gpu += 1
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return self.inner(patches)
+
+
+def test_out_of_memory_on_cpu_is_not_retried(bundle, make_ct, make_volume, monkeypatch) -> None:
+    import torch
+
+    engine = Engine.from_bundle(bundle, CPU)
+    monkeypatch.setattr(engine, "backend", _Raising(engine.backend))
+    with pytest.raises(torch.OutOfMemoryError):
+        engine.predict(make_volume(make_ct((24, 44, 48), seed=4), SPACING))
+
+
+class _Raising(_OutOfMemoryOnDevice):
+    def __call__(self, patches):
+        import torch
+
+        raise torch.OutOfMemoryError("out of memory (injected)")
+
+
+@pytest.mark.gpu
+def test_cuda_out_of_memory_falls_back_to_cpu_aggregation(bundle, make_ct, make_volume, caplog) -> None:
+    vol = make_volume(make_ct((24, 44, 48), seed=4), SPACING)
+    engine = Engine.from_bundle(bundle, EngineConfig(backend="torch", device="cuda"))
+    reference = engine.predict(vol)
+    engine.backend = _OutOfMemoryOnDevice(engine.backend)
+    with caplog.at_level("WARNING", logger="pancreas.engine"):
+        pred = engine.predict(vol)
+    assert engine.backend.calls_on_gpu == 1 and "retrying with preprocessing and aggregation on the CPU" in caplog.text
+    assert (pred.mask == reference.mask).mean() > 0.999

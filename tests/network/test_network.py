@@ -127,3 +127,20 @@ def test_torch_compile_full_graph(variant: str, tiny_plans: dict) -> None:
         seg, cls = compiled(_x())
         ref_seg, ref_cls = net(_x())
     assert torch.allclose(seg, ref_seg, atol=1e-5) and torch.allclose(cls, ref_cls, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_mask_head_pools_in_fp32_under_autocast(tiny_plans: dict, dtype: torch.dtype) -> None:
+    """The voxel x feature sums of the mask head run in float32 even under (CPU) autocast: in fp16 they
+    overflow (large activations, every voxel weighted) and the subtype logits become NaN."""
+    net = build_network(tiny_plans, _config("mask")).eval()
+    pooled_dtypes: list[torch.dtype] = []
+    net.head.norms[0].register_forward_pre_hook(lambda module, args: pooled_dtypes.append(args[0].dtype))
+    with torch.no_grad():
+        skips = [torch.full_like(s, 3e4).to(dtype) for s in net.encoder(_x())]
+        seg = torch.zeros(2, 3, 8, 16, 16)
+        seg[:, 1] = 50.0  # all pancreas: every voxel carries weight
+        with torch.autocast("cpu", dtype=dtype):
+            logits = net.head(skips, seg)
+    assert pooled_dtypes == [torch.float32]
+    assert torch.isfinite(logits).all()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from optimize.benchmark import _built_with, _notes, build_command
-from optimize.report import VariantRow
+from benchmarks.optimize_bench import _built_with, _notes, build_command
+from benchmarks.optimize_report import VariantRow
 
 
 def _row(name: str, backend: str, precision: str, case_ms: float, whole: float, lesion: float) -> VariantRow:

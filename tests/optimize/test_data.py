@@ -27,7 +27,7 @@ def test_lesion_fraction_centres_patches_on_the_lesion():
 
 
 def test_held_out_cases_are_balanced_over_subtypes(phantoms):
-    from optimize.benchmark import held_out_cases
+    from benchmarks.optimize_bench import held_out_cases
 
     cases = held_out_cases(phantoms, per_subtype=1)
     assert sorted(c.subtype for c in cases) == [0, 1, 2]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from optimize.int8_profile import INT8_CONV, op_profile, render, width_sweep
+from benchmarks.int8_profile import INT8_CONV, op_profile, render, width_sweep
 
 
 def test_op_profile_attributes_time_to_the_graph_ops(onnx_model, patches) -> None:

@@ -77,3 +77,42 @@ def test_exported_program_is_servable_through_the_torch_backend(net, patches, pa
     x = patches[1].images[:3]  # batch 3: the batch axis is dynamic
     report = parity_gate(torch_runner(net), backend, x, what=str(path))
     assert report.agreement == pytest.approx(1.0)
+
+
+def _device_asserts(module: torch.nn.Module) -> list[str]:
+    graph = module._program.graph
+    return [str(n.kwargs["device"]) for n in graph.nodes
+            if n.target is torch.ops.aten._assert_tensor_metadata.default and "device" in n.kwargs]
+
+
+def test_loaded_program_is_moved_with_its_device_asserts(net, patches, patch_size, tmp_path):
+    """A program exported on CPU records ``_assert_tensor_metadata(device=cpu)``; ``.module().to(dev)``
+    keeps them (on CUDA: "Tensor device mismatch"), ``load_program`` rewrites them for the target device."""
+    path = export_program(net, patch_size, tmp_path / "model.pt2")
+    on_cpu = load_program(path, device="cpu")
+    assert set(_device_asserts(on_cpu)) == {"cpu"}
+    moved = load_program(path, device="meta")  # a second device that exists without a GPU
+    assert _device_asserts(moved) and set(_device_asserts(moved)) == {"meta"}
+    seg, _ = moved(torch.zeros(2, 1, *patch_size, device="meta"))
+    assert seg.device.type == "meta" and seg.shape == (2, 3, *patch_size)
+    x = patches[1].images[:2]
+    report = parity_gate(torch_runner(net), torch_runner(on_cpu), x, what=str(path))
+    assert report.agreement == pytest.approx(1.0)
+
+
+def test_aoti_package_device_is_checked_and_recorded(tmp_path):
+    from optimize.compile import CompileConfig, compile_device
+    from pancreas.backends import BackendUnavailableError
+    from pancreas.backends.torch_backend import exported_device
+    from pancreas.bundle import Artifact
+
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert compile_device(CompileConfig()) == expected and compile_device(CompileConfig(device="cpu")) == "cpu"
+    cuda_pkg = Artifact(kind="torch_export", path="models/model_aoti.pt2", precision="fp32",
+                        info={"format": "aoti_package", "device": "cuda"})
+    with pytest.raises(BackendUnavailableError, match="compiled for 'cuda'"):
+        exported_device(cuda_pkg, "cpu")
+    assert exported_device(cuda_pkg, "cuda:1") == "cuda:1"
+    program = Artifact(kind="torch_export", path="models/model.pt2", precision="fp32",
+                       info={"format": "exported_program"})
+    assert exported_device(program, "cuda") == "cuda"  # moved at load time

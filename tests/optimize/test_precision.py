@@ -51,3 +51,23 @@ def test_fp16_model_loads_runs_and_keeps_float32_io(onnx_model, patches, tmp_pat
     assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer)
     report = check_parity(ort_runner(onnx_model), ort_runner(path), patches[1].images, TOLERANCES["fp16"])
     assert report.passed, report.failures
+
+
+def test_tensorrt_int8_is_symmetric_signed_qdq(onnx_model, patches, tmp_path):
+    """TensorRT's ONNX parser takes only symmetric signed INT8 Q/DQ; the onnxruntime target (uint8
+    activations with a zero point) fails the same check."""
+    from optimize.quantize import check_symmetric_int8, tensorrt_int8
+
+    calib, val = patches
+    ort_model = quantize_int8(onnx_model, tmp_path / "ort.onnx", calib.images, val.images,
+                              config=Int8Config(methods=("minmax",)), cache_dir=tmp_path / "c_ort").path
+    with pytest.raises(QuantizationError, match="not symmetric signed INT8"):
+        check_symmetric_int8(ort_model)
+    config = tensorrt_int8(Int8Config(methods=("minmax", "percentile")))
+    result = quantize_int8(onnx_model, tmp_path / "trt.onnx", calib.images, val.images, config=config,
+                           cache_dir=tmp_path / "c_trt")
+    assert check_symmetric_int8(result.path) == result.ops["QuantizeLinear"] + result.ops["DequantizeLinear"] > 0
+    report = check_parity(ort_runner(onnx_model), ort_runner(result.path), val.images, TOLERANCES["int8"])
+    assert report.agreement > 0.85  # random weights; symmetric ranges waste half the code space on ReLU outputs
+    with pytest.raises(QuantizationError, match="symmetric signed INT8"):
+        Int8Config(target="tensorrt")  # uint8 activations

@@ -1,8 +1,8 @@
 """The side-by-side optimize benchmark behind ``benchmarks/results/optimize.md``.
 
-``python -m optimize.benchmark --bundle B --data PHANTOMS --workdir W`` optimizes ``B`` with each recipe
+``python -m benchmarks.optimize_bench --bundle B --data PHANTOMS --workdir W`` optimizes ``B`` with each recipe
 chain of :data:`CHAINS` through the same code path as ``pancreas optimize`` (one command per row), then
-measures every variant in this one process with :func:`optimize.report.measure_variant` on the held-out
+measures every variant in this one process with :func:`benchmarks.optimize_report.measure_variant` on the held-out
 ``validation/`` phantoms and writes the report. Without ``--bundle`` it first trains a small teacher on the
 phantoms' ``train/`` split (``--teacher-steps``, label-only loss of :mod:`optimize.distill`), used when
 no trained demo bundle exists yet; the report says which teacher it used.
@@ -11,6 +11,7 @@ no trained demo bundle exists yet; the report says which teacher it used.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import platform
@@ -18,10 +19,16 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import torch
+
+from benchmarks.optimize_report import VariantRow, measure_variant, paired_latency, write_report
 from optimize.data import Case, list_cases, phantom_patches
-from optimize.distill import DistillConfig
-from optimize.recipes import OptimizeOptions, optimize_bundle
-from optimize.report import VariantRow, measure_variant, write_report
+from optimize.distill import DistillConfig, finetune
+from optimize.options import OptimizeOptions
+from optimize.recipes import optimize_bundle
+from pancreas.bundle import Artifact, Bundle, BundleMetadata, NetworkConfig, provenance
+from pancreas.network import build_network
+from pancreas.testing import make_random_bundle, tiny_dataset_json, tiny_plans
 
 logger = logging.getLogger(__name__)
 
@@ -69,13 +76,6 @@ def held_out_cases(data: Path, per_subtype: int) -> list[Case]:
 
 def train_teacher(out: Path, data: Path, *, patch: tuple[int, int, int], steps: int, seed: int = 0) -> Path:
     """Train a small multi-task net on phantom patches (label-only loss) and write it as a bundle."""
-    import torch
-
-    from optimize.distill import finetune
-    from pancreas.bundle import Artifact, Bundle, BundleMetadata, NetworkConfig, provenance
-    from pancreas.network import build_network
-    from pancreas.testing import make_random_bundle, tiny_dataset_json, tiny_plans
-
     plans = tiny_plans(patch_size=patch)
     scratch = make_random_bundle(out.parent / f".{out.name}-init", seed=seed, plans=plans)
     train = phantom_patches(scratch, data, split="train", max_cases=10_000, per_case=6, seed=seed)
@@ -85,17 +85,15 @@ def train_teacher(out: Path, data: Path, *, patch: tuple[int, int, int], steps: 
     (out / "models").mkdir(parents=True, exist_ok=True)
     torch.save(net.state_dict(), out / "models" / "fold_0.pt")
     meta = BundleMetadata(name="phantom-teacher", description=f"small teacher trained {steps} steps on phantoms "
-                          "by optimize.benchmark.train_teacher", artifacts=[Artifact(kind="torch",
+                          "by benchmarks.optimize_bench.train_teacher", artifacts=[Artifact(kind="torch",
                           path="models/fold_0.pt", fold=0, patch_size=list(patch))],
-                          provenance=provenance(f"optimize.benchmark.train_teacher(steps={steps})"))
+                          provenance=provenance(f"benchmarks.optimize_bench.train_teacher(steps={steps})"))
     Bundle.write(out, meta, plans, tiny_dataset_json(len(list_cases(data, "train"))))
     return out
 
 
 def run(bundle: Path, data: Path, workdir: Path, *, threads: int, per_subtype: int, report: Path,
         teacher_note: str, only: list[str] | None = None) -> list[VariantRow]:
-    import torch
-
     torch.set_num_threads(threads)  # also bounds the engine's torch pre/postprocessing
     cases = held_out_cases(data, per_subtype)
     load0 = os.getloadavg()[0]
@@ -129,8 +127,6 @@ def run(bundle: Path, data: Path, workdir: Path, *, threads: int, per_subtype: i
 
 def _merge(report: Path, rows: list[VariantRow]) -> list[VariantRow]:
     """The rows already in ``<report>.json``, with the newly measured ones replacing or following them."""
-    import json
-
     path = report.with_suffix(".json")
     old = [VariantRow(**r) for r in json.loads(path.read_text())] if path.is_file() else []
     key = lambda r: (r.name, r.backend, r.precision)
@@ -139,12 +135,10 @@ def _merge(report: Path, rows: list[VariantRow]) -> list[VariantRow]:
 
 
 def _preamble(teacher_note: str, threads: int, n_cases: int, load0: float) -> str:
-    from pancreas.bundle import provenance
-
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     v = provenance("").versions
-    return (f"{teacher_note}\n\nMeasured side by side in one process (`python -m optimize.benchmark`), {cpu}, "
+    return (f"{teacher_note}\n\nMeasured side by side in one process (`python -m benchmarks.optimize_bench`), {cpu}, "
             f"{threads} thread(s) per backend (load average {load0:.1f} at "
             f"the start, {os.getloadavg()[0]:.1f} at the end: absolute times are noisy, ratios within a run are "
             f"what to read). Accuracy: mean over {n_cases} held-out phantom cases (`validation/`) through the full "
@@ -157,8 +151,6 @@ def _preamble(teacher_note: str, threads: int, n_cases: int, load0: float) -> st
 
 def _stage_records(workdir: Path) -> str:
     """Every optimize stage's own record (from the bundles' metadata): parity, patch accuracy, patch latency."""
-    import json
-
     lines = ["## Stage records (`configs/metadata.json` → `optimization` of each built bundle)", "",
              ("| bundle | stage | built | reference | voxel agreement | Δ whole DSC | Δ lesion DSC | Δ subtype acc | "
              "ms/patch before → after | details |"), "|---|---|---|---|---|---|---|---|---|---|"]
@@ -180,7 +172,7 @@ def _stage_records(workdir: Path) -> str:
 
 _NOT_RUN = """## What could not be run here
 
-* **TensorRT**: this machine has neither a GPU nor the `tensorrt` package. `optimize/tensorrt_build.py` and
+* **TensorRT**: this machine has neither a GPU nor the `tensorrt` package. `pancreas/backends/tensorrt_build.py` and
   `pancreas/backends/tensorrt_backend.py` follow the TensorRT 10 Python API (ONNX parser, FP16/INT8 flags,
   batch 1..N profile, timing cache, engine + metadata JSON, rebuild on GPU/version mismatch); their tests
   (`tests/optimize/test_tensorrt.py`) skip here with that reason. No GPU latency was measured.
@@ -246,12 +238,6 @@ PAIRS = [("INT8 vs FP32 onnxruntime", ("onnx-int8", "onnxruntime", "fp32"), ("on
 def run_pairs(data: Path, workdir: Path, report: Path, *, threads: int, per_subtype: int,
               only: list[str] | None = None, teacher: Path | None = None) -> list[dict]:
     """Alternating A/B per-case timings for :data:`PAIRS`, saved next to the report (``.pairs.json``)."""
-    import json
-
-    import torch
-
-    from optimize.report import paired_latency
-
     torch.set_num_threads(threads)
     cases = held_out_cases(data, per_subtype)
     folder = {"teacher": teacher} if teacher is not None else {}
@@ -272,8 +258,6 @@ def run_pairs(data: Path, workdir: Path, report: Path, *, threads: int, per_subt
 
 
 def _pairs_notes(report: Path | None) -> list[str]:
-    import json
-
     path = report.with_suffix(".pairs.json") if report is not None else None
     if path is None or not path.is_file():
         return []
@@ -292,8 +276,6 @@ def _built_with(bundle: Path) -> str | None:
     Patch-loop builds ran under ``OMP_NUM_THREADS=1`` (not part of argv, so added here); nnU-Net-loop
     builds set their threads with ``--threads``.
     """
-    import json
-
     meta = bundle / "configs" / "metadata.json"
     command = json.loads(meta.read_text())["provenance"].get("command") if meta.is_file() else None
     if not command:
@@ -304,8 +286,6 @@ def _built_with(bundle: Path) -> str | None:
 def render_only(report: Path, workdir: Path, note: str) -> int:
     """Rebuild the markdown from the measured rows (``<report>.json``), the paired timings and the stage
     records, keeping the measured run's preamble and adding ``note`` after it."""
-    import json
-
     rows = [replace(VariantRow(**r), command=_built_with(workdir / r["name"]) or r["command"])
             for r in json.loads(report.with_suffix(".json").read_text())]
     old = report.read_text().split("\n\n| variant |")[0].split("\n\n", 1) if report.is_file() else ["", ""]
@@ -345,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         if not (bundle / "configs" / "metadata.json").is_file():
             train_teacher(bundle, args.data, patch=tuple(args.patch), steps=args.teacher_steps)
         note = (f"Teacher: no trained demo bundle existed when this ran, so a small teacher was trained on the "
-                f"phantoms ({args.teacher_steps} steps, `optimize.benchmark.train_teacher`).")
+                f"phantoms ({args.teacher_steps} steps, `benchmarks.optimize_bench.train_teacher`).")
     run(bundle, args.data, args.workdir, threads=args.threads, per_subtype=args.per_subtype, report=args.report,
         teacher_note=note, only=args.only)
     return 0

@@ -1,6 +1,6 @@
 """Where INT8 time goes on this CPU: onnxruntime per-operator profiles and an INT8-vs-width sweep.
 
-``python -m optimize.int8_profile --bundle pancreas/demo_bundle --data runs/demo/phantoms`` writes
+``python -m benchmarks.int8_profile --bundle pancreas/demo_bundle --data runs/demo/phantoms`` writes
 ``benchmarks/results/int8_profile.md``:
 
 * per-operator kernel time (onnxruntime's own profiler) of the bundle's fp32 and int8 ONNX models on real
@@ -25,6 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
+import torch
+
+from optimize.data import phantom_patches
+from optimize.export_onnx import export_onnx
+from optimize.quantize import Int8Config, quantize_with, sensitive_nodes
+from pancreas.bundle import Bundle, provenance
+from pancreas.network import architecture_kwargs, build_network, count_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +51,6 @@ class OpProfile:
 
 def op_profile(path: str | Path, patches: np.ndarray, *, threads: int = 1, runs: int = 10) -> OpProfile:
     """Profile ``runs`` calls of the ONNX model at ``path`` on ``patches`` with onnxruntime's profiler."""
-    import onnxruntime as ort
-
     with tempfile.TemporaryDirectory(prefix="ort-profile-") as tmp:
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -92,12 +98,6 @@ ALL_CONV = FLOAT_CONV + INT8_CONV  # the int8 graph keeps some float convs (firs
 def width_sweep(bundle: Any, calib: np.ndarray, patches: np.ndarray, workdir: Path, *,
                 widths: tuple[float, ...] = (1.0, 2.0, 4.0), threads: int = 1, runs: int = 5) -> list[SweepRow]:
     """fp32 vs int8 per patch for the bundle's architecture at several channel widths (random weights)."""
-    import torch
-
-    from optimize.export_onnx import export_onnx
-    from optimize.quantize import Int8Config, quantize_with, sensitive_nodes
-    from pancreas.network import architecture_kwargs, build_network, count_parameters
-
     network = bundle.metadata.network
     _, kwargs, _ = architecture_kwargs(bundle.plans, network)
     patch = [int(p) for p in bundle.configuration["patch_size"]]
@@ -146,9 +146,6 @@ def render(fp32: OpProfile, int8: OpProfile, sweep: list[SweepRow], *, header: s
 
 
 def main(argv: list[str] | None = None) -> int:
-    from optimize.data import phantom_patches
-    from pancreas.bundle import Bundle, provenance
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, required=True, help="bundle with models/model.onnx (+ int8 via --int8)")
     parser.add_argument("--int8-bundle", type=Path, required=True, help="bundle holding models/model_int8.onnx")
@@ -176,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     header = (f"# INT8 on this CPU: where the time goes\n\n{cpu} ({', '.join(isa) or 'no VNNI/AMX'}), "
               f"{args.threads} thread(s), onnxruntime {v.get('onnxruntime')}, batch {args.batch} real preprocessed "
               f"validation patches of {list(bundle.configuration['patch_size'])}. Models: `{fp32_path}` and "
-              f"`{int8_path}`.\nCommand: `python -m optimize.int8_profile --bundle {args.bundle} --int8-bundle "
+              f"`{int8_path}`.\nCommand: `python -m benchmarks.int8_profile --bundle {args.bundle} --int8-bundle "
               f"{args.int8_bundle} --data {args.data} --threads {args.threads} --batch {args.batch}`")
     args.report.write_text(render(a, b, sweep, header=header, batch=len(patches)))
     logger.info("wrote %s", args.report)

@@ -7,6 +7,7 @@ on its backend; :func:`write_report` renders the rows with the command that prod
 
 from __future__ import annotations
 
+import json
 import logging
 import statistics
 import time
@@ -15,9 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from optimize.data import Case, read_volume_safe
+from optimize.data import Case, preprocess_case, read_volume_safe, sample_from_case
+from optimize.prune import count_macs, count_parameters
 from optimize.runners import time_runner
+from pancreas.backends import ARTIFACT_KINDS
+from pancreas.bundle import Bundle
+from pancreas.engine import Engine, EngineConfig
+from pancreas.metrics import dice, macro_f1
+from pancreas.network import build_network
 
 logger = logging.getLogger(__name__)
 
@@ -45,11 +53,6 @@ class VariantRow:
 
 def _model_stats(bundle: Any, artifact_path: Path) -> tuple[float, int | None, float | None]:
     """(artifact size MB, params, GFLOPs per patch = 2 × MACs) of the bundle's network."""
-    import torch
-
-    from optimize.prune import count_macs, count_parameters
-    from pancreas.network import build_network
-
     net = build_network(bundle.plans, bundle.metadata.network)
     example = torch.zeros(1, 1, *bundle.configuration["patch_size"])
     return (round(artifact_path.stat().st_size / 1e6, 2), count_parameters(net),
@@ -59,10 +62,6 @@ def _model_stats(bundle: Any, artifact_path: Path) -> tuple[float, int | None, f
 def measure_variant(bundle_dir: str | Path, *, name: str, command: str, backend: str, precision: str,
                     cases: list[Case], threads: int = 2, step_size: float = 0.5) -> VariantRow:
     """Per-case accuracy and latency through :class:`pancreas.engine.Engine`, plus per-patch latency."""
-    from pancreas.bundle import Bundle
-    from pancreas.engine import Engine, EngineConfig
-    from pancreas.metrics import dice, macro_f1
-
     bundle = Bundle.load(bundle_dir)
     engine = Engine.from_bundle(bundle, EngineConfig(backend=backend, precision=precision, device="cpu",
                                                      num_threads=threads, step_size=step_size))
@@ -79,8 +78,6 @@ def measure_variant(bundle_dir: str | Path, *, name: str, command: str, backend:
         y_true.append(case.subtype)
         y_pred.append(pred.subtype)
     patch = real_patch(bundle, cases[0], engine.backend.patch_size)
-    from pancreas.backends import ARTIFACT_KINDS
-
     kind = ARTIFACT_KINDS.get(backend, backend)
     art = next(a for a in bundle.metadata.artifacts if a.kind == kind and (kind == "torch" or a.precision == precision))
     size, params, gflops = _model_stats(bundle, bundle.path(art))
@@ -94,8 +91,6 @@ def measure_variant(bundle_dir: str | Path, *, name: str, command: str, backend:
 
 def real_patch(bundle: Any, case: Case, patch_size: tuple[int, ...]) -> np.ndarray:
     """One preprocessed patch ``[1,1,*patch]`` centred on the case's foreground (for per-patch timing)."""
-    from optimize.data import preprocess_case, sample_from_case
-
     image, labels = preprocess_case(bundle, case)
     x, _ = sample_from_case(image, labels, tuple(patch_size), 1, np.random.default_rng(0), fg_fraction=1.0)
     return x
@@ -121,8 +116,6 @@ def render_table(rows: list[VariantRow]) -> str:
 
 def write_report(rows: list[VariantRow], path: str | Path, *, title: str, preamble: str, notes: str) -> Path:
     """Write the markdown report (and a JSON twin with every measured field)."""
-    import json
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"# {title}\n\n{preamble.strip()}\n\n{render_table(rows)}\n\n{notes.strip()}\n")
@@ -138,8 +131,6 @@ def paired_latency(a: tuple[str | Path, str, str], b: tuple[str | Path, str, str
     Alternating makes the ratio robust to load that drifts during a run on a shared machine; the result
     holds the median per-case times and the median of the per-case ratios A/B (total and sliding window).
     """
-    from pancreas.engine import Engine, EngineConfig
-
     engines = [Engine.from_bundle(Path(path), EngineConfig(backend=backend, precision=precision, device="cpu",
                                                            num_threads=threads))
                for path, backend, precision in (a, b)]
