@@ -16,6 +16,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from pancreas.quiz import image_name, mask_name
+
 logger = logging.getLogger(__name__)
 
 SIZES = ("crop", "full")
@@ -31,7 +33,7 @@ def write_cases(out: str | Path, *, crop: int = 1, full: int = 1, seed: int = 0)
     for size, i in tqdm(jobs, desc="phantoms", unit="case", disable=None):
         subtype = i % 3
         stem = f"{size}_{subtype}_{i:03d}"
-        image, mask = out / size / f"{stem}_0000.nii.gz", out / size / f"{stem}.nii.gz"
+        image, mask = out / size / image_name(stem), out / size / mask_name(stem)
         if not (image.is_file() and mask.is_file()):
             image.parent.mkdir(parents=True, exist_ok=True)
             make_case(seed + i, subtype, shape=size, headers="canonical").write(image, mask)

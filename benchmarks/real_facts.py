@@ -32,6 +32,7 @@ from scipy import ndimage
 from pancreas.nifti import Volume, read_volume
 from pancreas.phantoms import SynthConfig, synthesize
 from pancreas.phantoms.profiles import PROFILES
+from pancreas.quiz import case_id_of, image_name
 
 logger = logging.getLogger(__name__)
 
@@ -179,14 +180,14 @@ def measure(quiz: Path, ct: Path | None, ct_mask: Path | None) -> dict:
     facts = {"masks": summarize_masks([mask_facts(p) for p in masks])}
     rebuilt = []
     for mask in sorted((quiz / "train" / "subtype2").glob("quiz_2_???.nii.gz")):
-        image = mask.with_name(mask.name.replace(".nii.gz", "_0000.nii.gz"))
+        image = mask.with_name(image_name(case_id_of(mask.name)))
         rebuilt.append(hu_facts(image, mask, clipped=True, subtype=2))
     logger.info("measured HU of %d rebuilt subtype-2 pairs", len(rebuilt))
     facts["rebuilt_subtype2"] = summarize_hu(rebuilt)
     singles = []
     original = quiz / "train" / "subtype0" / "quiz_0_324.nii.gz"
     if original.is_file():
-        singles.append(hu_facts(original.with_name("quiz_0_324_0000.nii.gz"), original, clipped=False, subtype=0))
+        singles.append(hu_facts(original.with_name(image_name("quiz_0_324")), original, clipped=False, subtype=0))
     if ct is not None and ct_mask is not None and ct.is_file() and ct_mask.is_file():
         singles.append(hu_facts(ct, ct_mask, clipped=False, subtype=None))
     facts["unclipped"] = [asdict(f) for f in singles]
@@ -198,7 +199,7 @@ def measure_phantoms(profile: str, per_subtype: int, seed: int, work: Path) -> d
     root = synthesize(work / profile, SynthConfig(cases_per_subtype=per_subtype, splits=("train",), seed=seed,
                                                   headers="canonical", profile=profile))
     masks = sorted(root.glob("train/subtype?/quiz_?_???.nii.gz"))
-    hu = [hu_facts(m.with_name(m.name.replace(".nii.gz", "_0000.nii.gz")), m, clipped=False,
+    hu = [hu_facts(m.with_name(image_name(case_id_of(m.name))), m, clipped=False,
                    subtype=int(m.parent.name[-1])) for m in masks]
     return {"masks": summarize_masks([mask_facts(m) for m in masks]), "hu": summarize_hu(hu),
             "hu_subtype2": summarize_hu([f for f in hu if f.subtype == 2]),

@@ -17,7 +17,6 @@ import csv
 import json
 import logging
 import math
-import re
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,68 +31,14 @@ from pancreas import LABELS, SUBTYPES
 from pancreas.errors import DatasetError
 from pancreas.metrics import CONVENTIONS, accuracy, confusion, macro_f1, per_class_f1, segmentation_metrics
 from pancreas.nifti import canonicalize, read_image
+from pancreas.quiz import NII, SUBTYPE_CSV, TRAIN_SPLITS, case_id_of, is_image, read_subtype_csv, subtype_dirs
 from pancreas.sources import source_of
 
 logger = logging.getLogger(__name__)
 
 SEGMENTATION_KEYS = ("whole_dsc", "lesion_dsc", "whole_nsd2", "lesion_nsd2", "whole_hd95", "lesion_hd95")
-NII = ".nii.gz"
-SUBTYPE_DIR = re.compile(r"^subtype(\d+)$")
-SUBTYPE_CSV = "subtype_results.csv"
 #: Geometry tolerances: spacing (relative), origin (mm), direction (absolute).
 SPACING_RTOL, ORIGIN_ATOL, DIRECTION_ATOL = 1e-4, 1e-3, 1e-4
-_ID_COLUMNS, _SUBTYPE_COLUMNS = ("case_id", "Names", "names", "Name"), ("subtype", "Subtype")
-
-
-def case_id_of(name: str) -> str:
-    """``quiz_0_041.nii.gz`` / ``quiz_0_041_0000.nii.gz`` / ``quiz_0_041`` -> ``quiz_0_041``."""
-    stem = name.removesuffix(NII)
-    return stem.removesuffix("_0000")
-
-
-def read_subtype_csv(path: str | Path) -> dict[str, int]:
-    """Read ``Names,Subtype`` (quiz) or ``case_id,subtype`` CSVs into ``{case_id: subtype}``."""
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(
-            f"subtype CSV {path} does not exist; pass a file with columns Names,Subtype", code="missing_file"
-        )
-    with path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        columns = reader.fieldnames or []
-        id_col = next((c for c in _ID_COLUMNS if c in columns), None)
-        sub_col = next((c for c in _SUBTYPE_COLUMNS if c in columns), None)
-        if id_col is None or sub_col is None:
-            raise DatasetError(
-                f"{path}: columns {columns} lack a case column ({'/'.join(_ID_COLUMNS)}) or a "
-                f"subtype column ({'/'.join(_SUBTYPE_COLUMNS)})",
-                code="bad_csv",
-            )
-        out: dict[str, int] = {}
-        for line, row in enumerate(reader, start=2):
-            out[case_id_of(row[id_col].strip())] = _parse_subtype(row[sub_col], f"{path.name} line {line}")
-    return out
-
-
-def write_subtype_csv(path: str | Path, subtypes: Mapping[str, int]) -> Path:
-    """Write predictions in the quiz's ``subtype_results.csv`` format (``Names,Subtype``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["Names", "Subtype"])
-        writer.writerows([f"{case}{NII}", int(sub)] for case, sub in sorted(subtypes.items()))
-    return path
-
-
-def _parse_subtype(value: str, where: str) -> int:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = math.nan
-    if not number.is_integer() or int(number) not in SUBTYPES:
-        raise DatasetError(f"{where}: subtype {value!r} is not one of {SUBTYPES}", code="bad_subtype")
-    return int(number)
 
 
 def label_array(array: np.ndarray, name: str) -> np.ndarray:
@@ -147,16 +92,16 @@ def discover_reference(gt_dir: str | Path) -> tuple[dict[str, Path], dict[str, i
     gt_dir = Path(gt_dir)
     if not gt_dir.is_dir():
         raise DatasetError(f"reference folder {gt_dir} does not exist", code="missing_file")
-    if (gt_dir / "train").is_dir() or (gt_dir / "validation").is_dir():
+    if any((gt_dir / split).is_dir() for split in TRAIN_SPLITS):
         raise DatasetError(
             f"{gt_dir} is a quiz root; pass one split folder, e.g. {gt_dir / 'validation'}", code="bad_layout"
         )
-    sub_dirs = sorted(p for p in gt_dir.iterdir() if p.is_dir() and SUBTYPE_DIR.match(p.name))
+    sub_dirs = subtype_dirs(gt_dir)
     masks: dict[str, Path] = {}
     subtypes: dict[str, int] = {}
-    for folder in sub_dirs or [gt_dir]:
+    for subtype, folder in sub_dirs or [(None, gt_dir)]:
         for path in sorted(folder.glob(f"*{NII}")):
-            if path.name.endswith(f"_0000{NII}"):
+            if is_image(path.name):
                 continue
             case = case_id_of(path.name)
             if case in masks:
@@ -164,8 +109,8 @@ def discover_reference(gt_dir: str | Path) -> tuple[dict[str, Path], dict[str, i
                     f"case {case} appears twice: {masks[case]} and {path}", code="duplicate_case"
                 )
             masks[case] = path
-            if sub_dirs:
-                subtypes[case] = int(SUBTYPE_DIR.match(folder.name).group(1))
+            if subtype is not None:
+                subtypes[case] = subtype
     if not masks:
         raise DatasetError(
             f"no reference masks (*{NII}, not *_0000{NII}) found in {gt_dir}", code="empty_dataset"

@@ -14,10 +14,8 @@ Several bundles are an ensemble over configurations: probabilities are averaged 
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
-import re
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -25,36 +23,29 @@ from typing import Any
 
 from pancreas.engine import Engine, EngineConfig, predict_ensemble
 from pancreas.errors import DatasetError
-from pancreas.nifti import read_volume, write_image
+from pancreas.nifti import read_volume
+from pancreas.quiz import SUBTYPE_CSV, case_id_of, is_image, is_nifti, mask_name, write_subtype_csv
 
 logger = logging.getLogger(__name__)
-
-_SUFFIX = re.compile(r"\.nii(\.gz)?$")
-_CHANNEL = re.compile(r"_0000$")
-
-
-def case_id(path: Path) -> str:
-    """``quiz_0_041_0000.nii.gz`` -> ``quiz_0_041``."""
-    return _CHANNEL.sub("", _SUFFIX.sub("", path.name))
 
 
 def find_cases(images: str | Path) -> list[tuple[str, Path]]:
     """(case id, image path) pairs, sorted by case id. See the module docstring for the layouts."""
     images = Path(images)
     if images.is_file():
-        if not _SUFFIX.search(images.name):
+        if not is_nifti(images.name):
             raise DatasetError(f"{images} is not a .nii/.nii.gz file")
-        return [(case_id(images), images)]
+        return [(case_id_of(images.name), images)]
     if not images.is_dir():
         raise DatasetError(f"input {images} does not exist; pass a NIfTI file or a folder of them")
-    files = sorted(p for p in images.rglob("*") if p.is_file() and _SUFFIX.search(p.name))
-    channel0 = [p for p in files if _CHANNEL.search(_SUFFIX.sub("", p.name))]
+    files = sorted(p for p in images.rglob("*") if p.is_file() and is_nifti(p.name))
+    channel0 = [p for p in files if is_image(p.name)]
     chosen = channel0 or files
     if not chosen:
         raise DatasetError(f"no .nii/.nii.gz images found under {images}")
     cases: dict[str, Path] = {}
     for p in chosen:
-        cid = case_id(p)
+        cid = case_id_of(p.name)
         if cid in cases:
             raise DatasetError(f"case id {cid!r} occurs twice ({cases[cid]} and {p}); case ids must be unique")
         cases[cid] = p
@@ -82,7 +73,7 @@ def predict_cases(images: str | Path, out: str | Path, models: list[str | Path],
         read_ms = (time.perf_counter() - start) * 1000.0
         pred = predict_ensemble(engines, volume)
         start = time.perf_counter()
-        write_image(volume.to_image(pred.mask), out / f"{cid}.nii.gz")
+        volume.write_mask(pred.mask, out / mask_name(cid))
         stages = {k: v for k, v in pred.timings_ms.items() if k != "total"}
         timings = {"read": read_ms, **stages, "write": (time.perf_counter() - start) * 1000.0}
         timings["total"] = sum(timings.values())
@@ -91,11 +82,7 @@ def predict_cases(images: str | Path, out: str | Path, models: list[str | Path],
         results[cid] = {"image": str(path), "subtype": pred.subtype, "probabilities": pred.probabilities,
                         "volumes_ml": pred.volumes_ml, "timings_ms": timings,
                         "warnings": [w.to_json() for w in pred.warnings]}
-    with open(out / "subtype_results.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["Names", "Subtype"])
-        for cid, r in results.items():
-            writer.writerow([f"{cid}.nii.gz", r["subtype"]])
+    write_subtype_csv(out / SUBTYPE_CSV, {cid: r["subtype"] for cid, r in results.items()})
     summary = {"models": [e.info for e in engines], "config": asdict(config), "cases": results}
     (out / "predictions.json").write_text(json.dumps(summary, indent=2))
     logger.info("wrote %d masks, subtype_results.csv and predictions.json to %s", len(results), out)

@@ -34,8 +34,22 @@ from tqdm import tqdm
 
 from pancreas import LABELS
 from pancreas.errors import DatasetError, PancreasError
-from pancreas.evaluation import NII, SUBTYPE_CSV, SUBTYPE_DIR, grid_mismatch, label_array, read_subtype_csv
+from pancreas.evaluation import grid_mismatch, label_array
 from pancreas.nifti import canonicalize, read_image, write_image
+from pancreas.quiz import (
+    NII,
+    QUIZ_MASK,
+    SUBTYPE_CSV,
+    SUBTYPE_DIR,
+    TEST_DIR,
+    TEST_LABELS_DIR,
+    TRAIN_SPLITS,
+    case_id_of,
+    image_name,
+    is_image,
+    mask_name,
+    read_subtype_csv,
+)
 from pancreas.sources import PHANTOM, REAL, source_of
 from training.subtypes import SubtypeRow, read_subtypes, source_counts, write_quiz_splits, write_subtypes
 
@@ -44,10 +58,7 @@ __all__ = ["Case", "convert", "convert_nnunet_raw", "convert_quiz", "read_subtyp
 logger = logging.getLogger(__name__)
 
 MAX_LISTED_ERRORS = 20
-QUIZ_MASK = re.compile(r"^quiz_(\d+)_(\d+)$")
-QUIZ_TEST = re.compile(r"^quiz_(\d+)$")
 DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
-TRAIN_SPLITS = ("train", "validation")
 _INT16 = np.iinfo(np.int16)
 PHANTOM_PREFIX = "phantom_"
 
@@ -72,10 +83,10 @@ def _pair_files(folder: Path, errors: list[str]) -> tuple[dict[str, Path], dict[
     """Split a folder's files into images (``*_0000.nii.gz``) and masks (other ``*.nii.gz``)."""
     images, masks = {}, {}
     for path in _visible(folder):
-        if path.is_file() and path.name.endswith(f"_0000{NII}"):
-            images[path.name[: -len(f"_0000{NII}")]] = path
+        if path.is_file() and path.name.endswith(NII) and is_image(path.name):
+            images[case_id_of(path.name)] = path
         elif path.is_file() and path.name.endswith(NII):
-            masks[path.name[: -len(NII)]] = path
+            masks[case_id_of(path.name)] = path
         else:
             errors.append(
                 f"{path}: unexpected entry; a case folder holds only NAME_0000{NII} images and "
@@ -125,7 +136,7 @@ def _scan_split(split_dir: Path, errors: list[str]) -> list[Case]:
 
 
 def _scan_test(quiz_dir: Path, errors: list[str]) -> list[Case]:
-    test_dir, label_dir = quiz_dir / "test", quiz_dir / "test_labels"
+    test_dir, label_dir = quiz_dir / TEST_DIR, quiz_dir / TEST_LABELS_DIR
     if not test_dir.is_dir():
         return []
     images, stray = _pair_files(test_dir, errors)
@@ -136,7 +147,7 @@ def _scan_test(quiz_dir: Path, errors: list[str]) -> list[Case]:
     masks: dict[str, Path] = {}
     subtypes: dict[str, int] = {}
     if label_dir.is_dir():
-        masks = {p.name[: -len(NII)]: p for p in label_dir.glob(f"*{NII}")}
+        masks = {case_id_of(p.name): p for p in label_dir.glob(f"*{NII}")}
         if (label_dir / SUBTYPE_CSV).is_file():
             subtypes = read_subtype_csv(label_dir / SUBTYPE_CSV)
     for case in sorted(set(masks) - set(images)):
@@ -217,10 +228,10 @@ def _convert_case(case: Case, out: Path) -> None:
             logger.warning("%s: the mask is empty (no pancreas)", case.mask)
         canonical = np.ascontiguousarray(volume.orientation.to_canonical(labels))
         write_image(
-            volume.canonical_image(canonical, dtype=np.uint8), out / labels_dir / f"{case.case_id}{NII}"
+            volume.canonical_image(canonical, dtype=np.uint8), out / labels_dir / mask_name(case.case_id)
         )
     ct = volume.canonical_image(dtype=_ct_dtype(volume.array))
-    write_image(ct, out / images_dir / f"{case.case_id}_0000{NII}")
+    write_image(ct, out / images_dir / image_name(case.case_id))
 
 
 def _try(case: Case, out: Path) -> str | None:
@@ -356,7 +367,7 @@ def scan_nnunet_raw(raw_dir: str | Path, subtypes: dict[str, int]) -> tuple[list
     errors: list[str] = []
     images, stray = _pair_files(raw_dir / "imagesTr", errors)
     errors += [f"{p}: imagesTr holds only CASE_0000{NII} files; move it to labelsTr/" for p in stray.values()]
-    masks = {p.name[: -len(NII)]: p for p in sorted((raw_dir / "labelsTr").glob(f"*{NII}"))}
+    masks = {case_id_of(p.name): p for p in sorted((raw_dir / "labelsTr").glob(f"*{NII}"))}
     errors += [
         f"{images[c]}: label labelsTr/{c}{NII} is missing; add it" for c in sorted(set(images) - set(masks))
     ]

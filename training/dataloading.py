@@ -18,11 +18,9 @@ from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 
 from pancreas import LABELS
 from pancreas.errors import DatasetError
-from training.subtypes import read_sources, read_subtypes
+from training.subtypes import SUBTYPES_FILE, read_sources, read_subtypes
 
 logger = logging.getLogger(__name__)
-
-SUBTYPES_CSV = "subtypes.csv"
 
 
 class LesionOversamplingDataLoader(nnUNetDataLoader):
@@ -54,9 +52,9 @@ def read_subtype_table(dataset_dir: str | Path) -> dict[str, int]:
 def _table_folder(dataset_name: str, raw: Path, preprocessed: Path) -> Path:
     """The folder holding the dataset's subtype table: the raw folder, or its copy in the preprocessed one."""
     for folder in (raw / dataset_name, preprocessed / dataset_name):
-        if (folder / SUBTYPES_CSV).is_file():
+        if (folder / SUBTYPES_FILE).is_file():
             return folder
-    raise DatasetError(f"no {SUBTYPES_CSV} in {raw / dataset_name} or {preprocessed / dataset_name}; "
+    raise DatasetError(f"no {SUBTYPES_FILE} in {raw / dataset_name} or {preprocessed / dataset_name}; "
                        "run `pancreas convert` (it writes the subtype table)")
 
 

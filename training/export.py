@@ -24,8 +24,8 @@ import torch
 from pancreas.bundle import Artifact, Bundle, BundleMetadata, NetworkConfig, provenance
 from pancreas.domain import measure
 from pancreas.errors import BundleError
-from pancreas.evaluation import NII
 from pancreas.network import load_network
+from pancreas.quiz import image_name, mask_name
 from training.nnunet_env import current, resolve_dataset
 from training.runner import fold_output_folder
 from training.subtypes import read_subtype_rows, source_counts
@@ -106,9 +106,9 @@ def describe_training_data(dataset: str | int, fold_folder: Path, licence_note: 
     options_file = fold_folder / "train_options.json"
     options = json.loads(options_file.read_text()) if options_file.is_file() else {}
     cls_sources = options.get("cls_sources") or sorted(counts)
-    cases = [r.case_id for r in rows if (raw / "imagesTr" / f"{r.case_id}_0000{NII}").is_file()]
-    domain = measure([raw / "imagesTr" / f"{c}_0000{NII}" for c in cases],
-                     [raw / "labelsTr" / f"{c}{NII}" for c in cases]) if cases else None
+    cases = [r.case_id for r in rows if (raw / "imagesTr" / image_name(r.case_id)).is_file()]
+    domain = measure([raw / "imagesTr" / image_name(c) for c in cases],
+                     [raw / "labelsTr" / mask_name(c) for c in cases]) if cases else None
     return {"dataset": raw.name, "sources": counts,
             "tasks": {"segmentation": {"trained_on": sorted(counts)},
                       "classification": {"trained_on": sorted(cls_sources)}},
@@ -131,8 +131,9 @@ def phantom_metrics(bundle_root: str | Path, split_dir: str | Path, work: str | 
     Returns ``phantom_*`` metrics (never real-data scores) plus the settings they were measured with.
     """
     from pancreas.engine import EngineConfig
-    from pancreas.evaluation import SUBTYPE_CSV, evaluate_folders
+    from pancreas.evaluation import evaluate_folders
     from pancreas.predict import predict_cases
+    from pancreas.quiz import SUBTYPE_CSV
 
     pred = Path(work) / "pred"
     config = EngineConfig(backend=backend, device="cpu", num_threads=threads)

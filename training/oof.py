@@ -22,13 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from pancreas.backends import create_backend, resolve_backend, select_artifacts
+from pancreas.backends import create_backend, resolve, select_artifacts
 from pancreas.bundle import Bundle
 from pancreas.engine import Engine, EngineConfig
 from pancreas.errors import DatasetError
-from pancreas.evaluation import NII, jsonable, score_case, summarize_rows
+from pancreas.evaluation import jsonable, score_case, summarize_rows
 from pancreas.metrics import macro_f1
-from pancreas.nifti import read_volume, write_image
+from pancreas.nifti import read_volume
+from pancreas.quiz import image_name, mask_name
 from pancreas.sources import UNKNOWN
 
 logger = logging.getLogger(__name__)
@@ -146,7 +147,7 @@ def plot_cases(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
 
 def fold_engines(bundle: Bundle, config: EngineConfig) -> dict[str, Engine]:
     """One engine per fold artifact of the kind the config's backend runs (``{fold: engine}``)."""
-    arts = select_artifacts(bundle, resolve_backend(bundle, config), config.precision)
+    arts = select_artifacts(bundle, *resolve(bundle, config))  # precision may be auto
     engines = {str(a.fold): Engine(bundle, config, create_backend(bundle, config, artifact=a)) for a in arts}
     if not engines:
         raise DatasetError(f"bundle {bundle.root} has no fold artifacts for backend {config.backend!r}")
@@ -177,13 +178,13 @@ def out_of_fold(bundle: str | Path | Bundle, raw_dataset: str | Path, splits: Se
     jobs = [(fold, case) for fold in engines for case in splits[int(fold)]["val"]]
     rows = []
     for fold, case in tqdm(jobs, desc="out-of-fold", unit="case"):
-        image, label = raw / "imagesTr" / f"{case}_0000{NII}", raw / "labelsTr" / f"{case}{NII}"
+        image, label = raw / "imagesTr" / image_name(case), raw / "labelsTr" / mask_name(case)
         if not image.is_file() or not label.is_file():
             raise DatasetError(f"{image} or {label} is missing; is {raw} the dataset the bundle was trained on?")
         volume = read_volume(image)
         pred = engines[fold].predict(volume)
-        pred_path = out / "masks" / f"{case}{NII}"
-        write_image(volume.to_image(pred.mask), pred_path)
+        pred_path = out / "masks" / mask_name(case)
+        volume.write_mask(pred.mask, pred_path)
         row = score_case(pred_path, label)
         source = sources.get(case, UNKNOWN)
         row.update({"fold": fold, "source": source, "gt_subtype": subtypes.get(case),

@@ -31,6 +31,7 @@ from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPre
 
 from pancreas.errors import DatasetError
 from training.nnunet_env import current, resolve_dataset
+from training.subtypes import SPLITS_FILE, SUBTYPES_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -219,7 +220,7 @@ def _copy_gt(name: str) -> None:
         dst = target / f"{key}{dataset_json['file_ending']}"
         if not dst.is_file():
             shutil.copyfile(files["label"], dst)
-    for table in ("subtypes.csv", "quiz_splits.json"):  # training can then run without the raw folder
+    for table in (SUBTYPES_FILE, SPLITS_FILE):  # training can then run without the raw folder
         if (paths.raw / name / table).is_file():
             shutil.copyfile(paths.raw / name / table, paths.preprocessed / name / table)
 

@@ -18,12 +18,11 @@ from pathlib import Path
 from nnunetv2.utilities.crossval_split import generate_crossval_split
 
 from pancreas.errors import DatasetError
-from pancreas.evaluation import read_subtype_csv
+from pancreas.quiz import SPLITS, read_subtype_csv
 from pancreas.sources import UNKNOWN
 
 SUBTYPES_FILE = "subtypes.csv"
 SPLITS_FILE = "quiz_splits.json"
-SPLITS = ("train", "validation", "test")
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,7 @@ from training.losses import (
     lesion_presence_weight,
 )
 from training.nnunet_env import current
-from training.subtypes import read_quiz_splits, stratified_splits
+from training.subtypes import SPLITS_FILE, read_quiz_splits, stratified_splits
 
 logger = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ class MultiTaskTrainer(nnUNetTrainer):
         paths = current()
         name = self.plans_manager.dataset_name
         split = read_quiz_splits(paths.raw / name) if (paths.raw / name).is_dir() else None
-        if split is None and (paths.preprocessed / name / "quiz_splits.json").is_file():
+        if split is None and (paths.preprocessed / name / SPLITS_FILE).is_file():
             split = read_quiz_splits(paths.preprocessed / name)
         if split is None:
             raise DatasetError(f"fold 'quiz' needs quiz_splits.json in {paths.raw / name}; the dataset was not "

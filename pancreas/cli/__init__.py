@@ -1,6 +1,7 @@
 """The ``pancreas`` command: one entry point, one thin module per subcommand.
 
-Each subcommand lives in ``pancreas/cli/<name>.py`` and exposes two functions:
+:data:`COMMANDS` maps each subcommand to the module path of its CLI, which lives beside its stage
+(``pancreas/cli/`` for the core's own, ``training/cli/``, ``optimize/cli.py``, ...) and exposes two functions:
 
 * ``add_arguments(parser: argparse.ArgumentParser) -> None``
 * ``run(args: argparse.Namespace) -> int``
@@ -21,17 +22,17 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("pancreas.cli.demo", "run the bundled demo model on a fresh phantom CT"),
     "synth": ("pancreas.cli.synth", "write synthetic abdominal CT phantoms in the quiz layout"),
-    "convert": ("pancreas.cli.convert", "convert a quiz-layout folder into an nnU-Net v2 raw dataset"),
+    "convert": ("training.cli.convert", "convert a quiz-layout folder into an nnU-Net v2 raw dataset"),
     "evaluate": ("pancreas.cli.evaluate", "score predicted masks and subtypes against ground truth"),
-    "plan": ("pancreas.cli.plan", "nnU-Net fingerprint, plan and preprocess a dataset"),
-    "train": ("pancreas.cli.train", "train the multi-task network (one fold or 5-fold CV)"),
-    "ablate": ("pancreas.cli.ablate", "train head/loss variants on the same budget and compare"),
-    "oof": ("pancreas.cli.oof", "out-of-fold cross-validation of a fold-ensemble bundle, per data source"),
+    "plan": ("training.cli.plan", "nnU-Net fingerprint, plan and preprocess a dataset"),
+    "train": ("training.cli.train", "train the multi-task network (one fold or 5-fold CV)"),
+    "ablate": ("training.cli.ablate", "train head/loss variants on the same budget and compare"),
+    "oof": ("training.cli.oof", "out-of-fold cross-validation of a fold-ensemble bundle, per data source"),
     "predict": ("pancreas.cli.predict", "predict masks and subtypes for a folder of CTs"),
-    "export-bundle": ("pancreas.cli.export_bundle", "write a model bundle from a training output"),
-    "optimize": ("pancreas.cli.optimize", "ONNX / FP16 / INT8 / pruning / distillation / TensorRT"),
-    "serve": ("pancreas.cli.serve", "serve a model bundle over HTTP (FastAPI + uvicorn)"),
-    "bench": ("pancreas.cli.bench", "benchmarks: compare against nnU-Net v2, load tests"),
+    "export-bundle": ("training.cli.export_bundle", "write a model bundle from a training output"),
+    "optimize": ("optimize.cli", "ONNX / FP16 / INT8 / pruning / distillation / TensorRT"),
+    "serve": ("service.cli", "serve a model bundle over HTTP (FastAPI + uvicorn)"),
+    "bench": ("benchmarks.cli", "benchmarks: compare against nnU-Net v2, load tests"),
 }
 
 

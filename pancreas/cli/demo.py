@@ -82,7 +82,7 @@ def _user_inputs(image: Path, mask: Path | None) -> _Inputs:
     from pancreas.errors import DatasetError, InvalidImageError
     from pancreas.evaluation import grid_mismatch, label_array
     from pancreas.nifti import canonicalize, read_image
-    from pancreas.predict import case_id
+    from pancreas.quiz import case_id_of
 
     for flag, path in (("--image", image), ("--mask", mask)):
         if path is not None and not path.is_file():
@@ -100,7 +100,7 @@ def _user_inputs(image: Path, mask: Path | None) -> _Inputs:
                                "mask that belongs to this image (same size, spacing, origin and direction)",
                                code="grid_mismatch")
         labels, files["mask"] = label_array(sitk.GetArrayViewFromImage(truth), f"--mask {mask}"), str(mask)
-    return _Inputs(volume, labels, case_id(image), files, read_ms)
+    return _Inputs(volume, labels, case_id_of(image.name), files, read_ms)
 
 
 def _predict(engine: Any, inputs: _Inputs, out: Path) -> dict[str, Any]:
@@ -108,12 +108,11 @@ def _predict(engine: Any, inputs: _Inputs, out: Path) -> dict[str, Any]:
     import SimpleITK as sitk
 
     from pancreas.metrics import dice
-    from pancreas.nifti import write_image
 
     pred = engine.predict(inputs.volume)
     start = time.perf_counter()
     mask_image = inputs.volume.to_image(pred.mask)
-    pred_path = write_image(mask_image, out / f"{inputs.stem}_pred.nii.gz")
+    pred_path = inputs.volume.write_mask(pred.mask, out / f"{inputs.stem}_pred.nii.gz")
     stages = {k: v for k, v in pred.timings_ms.items() if k != "total"}
     timings = {"read": inputs.read_ms, **stages, "write": (time.perf_counter() - start) * 1000.0}
     timings["total"] = sum(timings.values())

@@ -10,15 +10,21 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from pancreas.backends import DEVICES, PRECISIONS, backend_choices
+    from pancreas.engine_config import EngineConfig
+
+    d = EngineConfig()
     parser.add_argument("-i", "--images", required=True, help="a .nii(.gz) file, a quiz split folder or a flat folder")
     parser.add_argument("-o", "--out", required=True, help="output folder")
     parser.add_argument("--model", action="append", default=None, metavar="BUNDLE",
                         help="model bundle folder (default: the demo bundle; repeat for an ensemble over configurations)")
-    parser.add_argument("--backend", default="auto", help="auto | torch | onnxruntime | tensorrt | torch_export (default: auto)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
-    parser.add_argument("--precision", default="fp32", help="fp32 | fp16 | bf16 | int8 (default: fp32)")
-    parser.add_argument("--batch-size", type=int, default=2, help="patches per backend call (default: 2)")
-    parser.add_argument("--step-size", type=float, default=0.5, help="sliding-window step, fraction of the patch")
+    parser.add_argument("--backend", default=d.backend, choices=backend_choices(), help="(default: %(default)s)")
+    parser.add_argument("--device", default=d.device, help=f"{' | '.join(DEVICES)} or cuda:N (default: %(default)s)")
+    parser.add_argument("--precision", default=d.precision, choices=PRECISIONS,
+                        help="auto: the bundle's recommended precision, else fp32 (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size,
+                        help="patches per backend call (default: %(default)s)")
+    parser.add_argument("--step-size", type=float, default=d.step_size, help="sliding-window step, fraction of the patch")
     parser.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (8x slower)")
     parser.add_argument("--coarse-to-fine", action="store_true", help="low-resolution ROI pass first")
     parser.add_argument("--no-postprocess", action="store_true", help="skip largest-component/lesion cleanup")

@@ -9,6 +9,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from pancreas.errors import PancreasError
+from pancreas.nifti import write_nifti1
 from pancreas.phantoms.anatomy import Anatomy, draw_anatomy, draw_pancreas, paint
 from pancreas.phantoms.fov import GRIDS, QUIZ_EXTENT_MM, crop_grid, full_grid
 from pancreas.phantoms.geometry import Grid
@@ -32,11 +33,11 @@ class PhantomCase:
 
     def write(self, image_path: str | Path, mask_path: str | Path | None = None) -> None:
         """Write the image (with the case's storage type, e.g. uint16 + scl_slope/scl_inter) and mask."""
-        from pancreas.phantoms.writer import write_nifti
-
-        write_nifti(self.image, image_path, STORAGES[self.meta["storage"]])
+        storage = STORAGES[self.meta["storage"]]
+        hu = sitk.GetArrayViewFromImage(self.image)
+        write_nifti1(self.image, image_path, data=storage.encode(hu), slope_inter=storage.slope_inter)
         if mask_path is not None:
-            write_nifti(self.mask, mask_path, None)
+            write_nifti1(self.mask, mask_path)
 
 
 def _check(subtype: int, shape: str, headers: str, profile: str) -> None:

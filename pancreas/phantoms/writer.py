@@ -1,10 +1,8 @@
-"""Writing phantoms: one NIfTI writer (nibabel, so that scl_slope/scl_inter can be stored) and the quiz
-layout of ``pancreas synth``."""
+"""The quiz layout of ``pancreas synth``: plan the cases, write them (through :func:`pancreas.nifti.write_nifti1`,
+via :meth:`PhantomCase.write`) and the ``phantoms.json`` manifest."""
 
 from __future__ import annotations
 
-import csv
-import gzip
 import json
 import logging
 import time
@@ -12,50 +10,16 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
-import SimpleITK as sitk
 
 from pancreas.errors import PancreasError
 from pancreas.phantoms.fov import GRIDS
-from pancreas.phantoms.headers import HEADER_MODES, Storage
+from pancreas.phantoms.headers import HEADER_MODES
 from pancreas.phantoms.profiles import PROFILES
+from pancreas.quiz import SPLITS, SUBTYPE_CSV, TEST_LABELS_DIR, case_id_of, case_paths, write_subtype_csv
 from pancreas.sources import PHANTOM_MANIFEST
 
 logger = logging.getLogger(__name__)
-
-SPLITS = ("train", "validation", "test")
-#: gzip level for .nii.gz (nibabel's default is 1; noisy CT barely compresses better at higher levels)
-COMPRESSLEVEL = 1
-_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
-
-
-def write_nifti(image: sitk.Image, path: str | Path, storage: Storage | None) -> Path:
-    """Write a SimpleITK image as NIfTI-1 with sform = qform (code 1, scanner), optionally rescaled.
-
-    SimpleITK's writer always stores scl_slope=1/scl_inter=0, hence nibabel; the affine is the image's
-    LPS geometry converted to RAS, and the array goes from SimpleITK's (z, y, x) to nibabel's (x, y, z).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    direction = np.asarray(image.GetDirection(), float).reshape(3, 3)
-    affine = np.eye(4)
-    affine[:3, :3] = _LPS_TO_RAS @ direction @ np.diag(image.GetSpacing())
-    affine[:3, 3] = _LPS_TO_RAS @ np.asarray(image.GetOrigin(), float)
-    array = sitk.GetArrayViewFromImage(image)
-    data = storage.encode(array) if storage is not None else np.asarray(array)
-    nii = nib.Nifti1Image(np.ascontiguousarray(data.transpose(2, 1, 0)), affine)
-    nii.header.set_xyzt_units("mm", "sec")
-    nii.set_qform(affine, code=1)
-    nii.set_sform(affine, code=1)
-    if storage is not None and storage.slope_inter is not None:
-        nii.header.set_slope_inter(*storage.slope_inter)
-    if path.name.endswith(".gz"):  # mtime=0: the same case gives the same bytes
-        with gzip.GzipFile(path, "wb", compresslevel=COMPRESSLEVEL, mtime=0) as fh:
-            fh.write(nii.to_bytes())
-    else:
-        nib.save(nii, str(path))
-    return path
 
 
 @dataclass(frozen=True)
@@ -104,11 +68,7 @@ class Job:
         return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
     def paths(self, out: Path) -> tuple[Path, Path]:
-        nnn = f"{self.number:03d}"
-        if self.split == "test":
-            return out / "test" / f"quiz_{nnn}_0000.nii.gz", out / "test_labels" / f"quiz_{nnn}.nii.gz"
-        folder = out / self.split / f"subtype{self.subtype}"
-        return folder / f"quiz_{self.subtype}_{nnn}_0000.nii.gz", folder / f"quiz_{self.subtype}_{nnn}.nii.gz"
+        return case_paths(out, self.split, self.subtype, self.number)
 
 
 def plan_jobs(config: SynthConfig) -> list[Job]:
@@ -128,7 +88,7 @@ def _run_job(job: Job, out: Path, config: SynthConfig) -> dict:
                      profile=config.profile)
     image_path, mask_path = job.paths(out)
     case.write(image_path, mask_path)
-    return {"case_id": mask_path.name[: -len(".nii.gz")], "split": job.split, "number": job.number,
+    return {"case_id": case_id_of(mask_path.name), "split": job.split, "number": job.number,
             "image": str(image_path.relative_to(out)), "mask": str(mask_path.relative_to(out)), **case.meta}
 
 
@@ -161,10 +121,4 @@ def synthesize(out: Path, config: SynthConfig) -> Path:
 
 
 def _write_test_table(out: Path, cases: list[dict]) -> None:
-    table = out / "test_labels" / "subtype_results.csv"
-    table.parent.mkdir(parents=True, exist_ok=True)
-    with table.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["Names", "Subtype"])
-        for case in cases:
-            writer.writerow([f"{case['case_id']}.nii.gz", case["subtype"]])
+    write_subtype_csv(out / TEST_LABELS_DIR / SUBTYPE_CSV, {case["case_id"]: case["subtype"] for case in cases})

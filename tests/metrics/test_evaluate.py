@@ -12,7 +12,8 @@ import pytest
 
 from pancreas.cli import main
 from pancreas.errors import DatasetError
-from pancreas.evaluation import evaluate_folders, write_subtype_csv
+from pancreas.evaluation import evaluate_folders
+from pancreas.quiz import write_subtype_csv
 from pancreas.testing import write_nifti as _write
 
 SHAPE = (10, 12, 12)  # numpy (z, y, x); spacing (z, y, x) = (2, 1, 1) mm

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pancreas.cli.train import add_training_options, options_from_args
+from training.cli.train import add_training_options, options_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

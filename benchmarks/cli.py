@@ -50,6 +50,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     help="then a second run with this many users against a queue of --overload-queue-size")
     ld.add_argument("--overload-queue-size", type=int, default=1)
     ld.add_argument("--overload-duration", default="20s")
+    ld.add_argument("--overload-same-service", action="store_true",
+                    help="soak: run the overload on the main run's service and queue (503s only past capacity)")
+    ld.add_argument("--slow-users", type=int, default=0,
+                    help="slow and stalled raw-socket clients mixed into the overload run (default: none)")
+    ld.add_argument("--rss-interval", type=float, default=10.0,
+                    help="seconds between samples of the started service's RSS (default: %(default)s)")
     ld.set_defaults(_bench=_load)
 
 
@@ -84,7 +90,8 @@ def _load(args: argparse.Namespace) -> int:
                      duration=args.duration, sizes=tuple(args.sizes), queue_size=args.queue_size, request_timeout_s=args.request_timeout,
                      payloads=args.payloads, out=args.out, name=args.name, overload_users=args.overload_users,
                      overload_queue_size=args.overload_queue_size, overload_duration=args.overload_duration,
-                     command=_command())
+                     overload_same_service=args.overload_same_service, slow_users=args.slow_users,
+                     rss_interval_s=args.rss_interval, command=_command())
     result = load_test(cfg)
     print("\n".join(summary_lines(result)))
     return 0 if result["ok"] else 1
