@@ -22,7 +22,6 @@ from __future__ import annotations
 import csv
 import logging
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ from typing import Any
 from benchmarks.loadmetrics import RssSampler, metrics_delta, rss_summary, scrape_metrics
 from pancreas.errors import PancreasError
 from pancreas.quiz import CHANNEL, NII
+from pancreas.testing import ServerProcess
 
 logger = logging.getLogger(__name__)
 
@@ -65,51 +65,6 @@ class LoadConfig:
     slow_users: int = 0  # slow / stalled raw-socket clients mixed into the overload run
     rss_interval_s: float = 10.0
     rss_warmup_s: float = 60.0  # RSS flatness is judged on the main run's samples after this
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class ServiceProcess:
-    """``pancreas serve`` in a subprocess on a free port; a context manager that always stops it."""
-
-    def __init__(self, bundle: str | None, *, env: dict[str, str] | None = None, log: Path | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._cmd = [sys.executable, "-m", "pancreas", "serve", "--port", str(self.port)]
-        if bundle:
-            self._cmd += ["--model", str(bundle)]
-        self._env = {**os.environ, **(env or {})}
-        self._log = log
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> ServiceProcess:  # noqa: PYI034
-        out = open(self._log, "wb") if self._log else subprocess.DEVNULL
-        self.process = subprocess.Popen(self._cmd, env=self._env, stdout=out, stderr=subprocess.STDOUT)
-        logger.info("started %s (pid %d)", " ".join(self._cmd), self.process.pid)
-        return self
-
-    def wait_ready(self, timeout_s: float) -> None:
-        import httpx
-
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
-                raise PancreasError(f"the service exited with code {self.process.returncode} before it was ready; "
-                                    f"see {self._log or 'its output'}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise PancreasError(f"the service at {self.url} was not ready within {timeout_s:.0f} s")
-
-    def __exit__(self, *exc: object) -> None:
-        stop_process(self.process)
 
 
 def stop_process(proc: subprocess.Popen[Any] | None, grace_s: float = 15.0) -> None:
@@ -266,8 +221,8 @@ def _session(cfg: LoadConfig, payloads: Path, out: Path, phases: list[Phase], *,
         return {"runs": runs, "rss": [], "tmp_left": None, "after": None}
     tmp = raw / f"tmp-{phases[0].label}"
     tmp.mkdir(exist_ok=True)
-    with ServiceProcess(cfg.bundle, env=_service_env(cfg, queue_size, tmp),
-                        log=raw / f"service-{phases[0].label}.log") as svc:
+    with ServerProcess.serve(cfg.bundle, env={**os.environ, **_service_env(cfg, queue_size, tmp)},
+                             log=raw / f"service-{phases[0].label}.log") as svc:
         svc.wait_ready(cfg.ready_timeout_s)
         with RssSampler(svc.process.pid, cfg.rss_interval_s) as rss:
             runs = []
@@ -367,4 +322,4 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
             "load test " + ("passed: " + "; ".join(result["checks"]) if not failed else "FAILED: " + "; ".join(failed))]
 
 
-__all__ = ["LoadConfig", "ServiceProcess", "free_port", "load_test", "make_payloads", "parse_locust_csv"]
+__all__ = ["LoadConfig", "load_test", "make_payloads", "parse_locust_csv"]

@@ -1,18 +1,29 @@
-"""Test support: tiny, realistic-looking bundles built without training.
+"""Test and measurement support: tiny, realistic-looking bundles built without training, and real servers.
 
 ``make_random_bundle`` writes a complete bundle (nnU-Net v2 plans, dataset.json, metadata, random-init
 weights of the real :class:`~pancreas.network.MultiTaskUNet`) so engine, service, optimize and benchmark
 tests can exercise the real code paths in seconds. Predictions of such a bundle are meaningless.
+:class:`ServerProcess` runs ``pancreas serve`` (or another server command) in a subprocess on a
+:func:`free_port`, waits until it answers and always stops it: the one helper of the service tests, the
+Docker entrypoint tests and ``pancreas bench load``.
 """
 
 from __future__ import annotations
 
 import copy
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from pancreas import LABELS
 from pancreas.bundle import Artifact, Bundle, BundleMetadata, HeadConfig, NetworkConfig, provenance
+from pancreas.errors import PancreasError
 
 _ARCH_IMPORTS = ["conv_op", "norm_op", "dropout_op", "nonlin"]
 
@@ -129,3 +140,156 @@ def make_random_bundle(root: str | Path, *, seed: int = 0, head: str = "mask", f
                           network=net_config, artifacts=artifacts,
                           provenance=provenance(f"pancreas.testing.make_random_bundle(seed={seed})"))
     return Bundle.write(root, meta, plans, tiny_dataset_json())
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now (bind to port 0 and read the port back)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerProcess:
+    """A server subprocess on a known URL: ``start``, ``wait_ready``, ``stop`` (also a context manager).
+
+    :meth:`serve` builds the ``python -m pancreas serve`` command on a free port; ``env`` replaces the
+    environment (``None``: inherit), ``log`` receives stdout and stderr. Every ``/readyz`` status seen while
+    waiting is kept in ``readyz_seen``.
+    """
+
+    def __init__(self, cmd: Sequence[str], url: str, *, env: Mapping[str, str] | None = None,
+                 log: Path | None = None, cwd: Path | None = None) -> None:
+        self.cmd, self.url, self.log = list(cmd), url, log
+        self._env = None if env is None else dict(env)
+        self._cwd = cwd
+        self.process: subprocess.Popen[bytes] | None = None
+        self.readyz_seen: list[int] = []
+
+    @classmethod
+    def serve(cls, bundle: str | Path | None = None, *, host: str = "127.0.0.1", args: Sequence[str] = (),
+              **kwargs: Any) -> ServerProcess:
+        """``python -m pancreas serve [--model BUNDLE] --host HOST --port <free> ARGS`` (not started yet)."""
+        port = free_port(host)
+        cmd = [sys.executable, "-m", "pancreas", "serve", "--host", host, "--port", str(port)]
+        cmd += ["--model", str(bundle)] if bundle else []
+        return cls([*cmd, *args], f"http://{host}:{port}", **kwargs)
+
+    def start(self) -> ServerProcess:
+        out = open(self.log, "wb") if self.log else subprocess.DEVNULL  # noqa: SIM115 (the child owns it)
+        try:
+            self.process = subprocess.Popen(self.cmd, cwd=self._cwd, env=self._env, stdout=out,
+                                            stderr=subprocess.STDOUT)
+        finally:
+            if self.log:
+                out.close()
+        return self
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log and self.log.exists() else ""
+
+    def wait_ready(self, timeout_s: float = 120.0, path: str = "/readyz") -> float:
+        """Poll ``path`` until it answers 200; seconds waited. Raises if the process exits or time runs out."""
+        import httpx
+
+        start = time.monotonic()
+        with httpx.Client(base_url=self.url, timeout=5.0) as client:
+            while time.monotonic() - start < timeout_s:
+                if self.process is not None and self.process.poll() is not None:
+                    raise PancreasError(f"the server ({' '.join(self.cmd[1:4])}) exited with code {self.process.returncode} before "
+                                        f"{path} answered:\n{self.log_text()[-4000:]}")
+                try:
+                    status = client.get(path).status_code
+                except httpx.TransportError:
+                    status = None
+                if status is not None:
+                    self.readyz_seen.append(status)
+                    if status == 200:
+                        return time.monotonic() - start
+                time.sleep(0.05)
+        raise PancreasError(f"{self.url}{path} did not answer 200 within {timeout_s:.0f} s:\n"
+                            f"{self.log_text()[-4000:]}")
+
+    def stop(self, timeout: float = 60.0) -> int | None:
+        """SIGTERM, wait up to ``timeout`` s, then SIGKILL; the exit code (None if never started)."""
+        proc = self.process
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        return proc.returncode
+
+    def client(self, **kwargs: Any) -> Any:
+        """An ``httpx.Client`` on the server's URL (timeout 120 s unless given)."""
+        import httpx
+
+        return httpx.Client(base_url=self.url, timeout=kwargs.pop("timeout", 120.0), **kwargs)
+
+    def __enter__(self) -> ServerProcess:  # noqa: PYI034
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def clean_env(**settings: object) -> dict[str, str]:
+    """This process's environment without ``PANCREAS_*`` variables, plus ``PANCREAS_<KEY>`` for ``settings``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PANCREAS_")}
+    env.update({f"PANCREAS_{k.upper()}": str(v) for k, v in settings.items()})
+    return env
+
+
+# ---- CT volumes and uploads ---------------------------------------------------------------------------
+def blob_ct(shape: tuple[int, int, int] = (24, 64, 64), spacing_xyz: tuple[float, float, float] = (1.2, 1.2, 2.5),
+            seed: int = 0) -> Any:
+    """A small synthetic abdominal CT (SimpleITK int16 HU, LPS, identity direction): body, organ, lesion, noise."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    rng = np.random.default_rng(seed)
+    z, y, x = np.meshgrid(*(np.linspace(-1, 1, n) for n in shape), indexing="ij")
+    ct = np.full(shape, -1000.0)
+    ct[(y / 0.9) ** 2 + (x / 0.95) ** 2 < 1] = 30.0  # body
+    c = rng.uniform(-0.2, 0.2, 3)
+    organ = ((z - c[0]) / 0.5) ** 2 + ((y - c[1]) / 0.25) ** 2 + ((x - c[2]) / 0.45) ** 2 < 1
+    ct[organ] = 110.0
+    ct[((z - c[0]) / 0.2) ** 2 + ((y - c[1]) / 0.12) ** 2 + ((x - c[2]) / 0.12) ** 2 < 1] = 40.0  # lesion
+    ct += rng.normal(0, 12, shape)
+    image = sitk.GetImageFromArray(np.round(ct).astype(np.int16))
+    image.SetSpacing(spacing_xyz)
+    image.SetOrigin((-40.0, 25.0, 100.0))
+    return image
+
+
+def nifti_bytes(image: Any, workdir: Path, name: str = "ct.nii.gz") -> bytes:
+    """The bytes of ``image`` written by SimpleITK as ``workdir/name`` (gzip when the name ends in .gz)."""
+    import SimpleITK as sitk
+
+    path = Path(workdir) / name
+    sitk.WriteImage(image, str(path), useCompression=name.endswith(".gz"))
+    return path.read_bytes()
+
+
+def decode_mask(b64_or_bytes: str | bytes, workdir: Path, name: str = "mask.nii.gz") -> Any:
+    """A returned mask (base64 text or raw ``.nii.gz`` bytes) as a SimpleITK image; refuses a non-gzip payload."""
+    import base64
+    import gzip
+
+    import SimpleITK as sitk
+
+    data = base64.b64decode(b64_or_bytes) if isinstance(b64_or_bytes, str) else b64_or_bytes
+    if data[:2] != b"\x1f\x8b":
+        raise ValueError("the mask is not a gzip stream")
+    gzip.decompress(data)  # a complete stream
+    path = Path(workdir) / name
+    path.write_bytes(data)
+    return sitk.ReadImage(str(path))
+
+
+def post_ct(client: Any, data: bytes, *, filename: str = "ct.nii.gz", field: str = "file", **kwargs: Any) -> Any:
+    """``POST /v1/predict`` with ``data`` as the multipart ``field`` (an ``httpx`` client and response)."""
+    return client.post("/v1/predict", files={field: (filename, data, "application/gzip")}, **kwargs)

@@ -11,13 +11,14 @@ import importlib.util
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from pancreas.testing import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 ENTRYPOINT = REPO / "docker" / "entrypoint.py"
@@ -226,9 +227,7 @@ def test_plan_and_build_engine_commands(bundle: Path, tmp_path: Path) -> None:
 
 
 def test_healthcheck_fails_when_nothing_listens() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     result = _run("healthcheck", PANCREAS_PORT=str(port))
     assert result.returncode == 1 and "healthcheck" in result.stderr
 

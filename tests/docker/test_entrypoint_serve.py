@@ -9,14 +9,11 @@ else a random-init tiny bundle; on this CPU machine the entrypoint must log why 
 from __future__ import annotations
 
 import base64
-import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,27 +22,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from pancreas.testing import ServerProcess, clean_env, free_port
+
 REPO = Path(__file__).resolve().parents[2]
 ENTRYPOINT = REPO / "docker" / "entrypoint.py"
 START_TIMEOUT_S = 180.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for(url: str, proc: subprocess.Popen, log: Path, timeout: float = START_TIMEOUT_S) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if proc.poll() is not None:
-            raise AssertionError(f"entrypoint exited with {proc.returncode}:\n{log.read_text(errors='replace')}")
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(url, timeout=5.0).status_code == 200:
-                return time.monotonic() - start
-        time.sleep(0.1)
-    raise AssertionError(f"{url} not 200 after {timeout} s:\n{log.read_text(errors='replace')}")
 
 
 @pytest.fixture(scope="module")
@@ -64,25 +45,21 @@ def bundle_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def container(bundle_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     work = tmp_path_factory.mktemp("entrypoint")
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PANCREAS_")}
-    env.update(bundle_env, PANCREAS_HOST="127.0.0.1", PANCREAS_PORT=str(port),
-               PANCREAS_ENGINE_CACHE=str(work / "engines"), PANCREAS_TMP_DIR=str(work),
-               PANCREAS_NUM_THREADS="2", PANCREAS_GRACEFUL_SHUTDOWN_S="30")
-    log = work / "entrypoint.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, str(ENTRYPOINT), "serve"], cwd=work, env=env, stdout=out,
-                                stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    port = free_port()
+    env = clean_env(HOST="127.0.0.1", PORT=port, ENGINE_CACHE=work / "engines", TMP_DIR=work, NUM_THREADS=2,
+                    GRACEFUL_SHUTDOWN_S=30)
+    env.update(bundle_env)
+    server = ServerProcess([sys.executable, str(ENTRYPOINT), "serve"], f"http://127.0.0.1:{port}", env=env,
+                           log=work / "entrypoint.log", cwd=work).start()
     try:
-        healthy_s = _wait_for(f"{url}/healthz", proc, log)
-        ready_s = _wait_for(f"{url}/readyz", proc, log)
-        yield {"proc": proc, "url": url, "log": log, "env": env, "work": work, "healthy_s": healthy_s,
-               "ready_s": ready_s}
+        healthy_s = server.wait_ready(START_TIMEOUT_S, path="/healthz")
+        ready_s = server.wait_ready(START_TIMEOUT_S, path="/readyz")
+        yield {"proc": server.process, "url": server.url, "log": server.log, "env": env, "work": work,
+               "healthy_s": healthy_s, "ready_s": ready_s}
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        if server.process.poll() is None:
+            server.process.kill()
+            server.process.wait(10)
 
 
 def test_entrypoint_execs_pancreas_serve_and_logs_its_decision(container: dict) -> None:

@@ -72,38 +72,14 @@ def test_int8_bundle_is_served_by_a_real_server(chained, phantoms, tmp_path):
     """``pancreas serve --model <int8 bundle> --backend onnxruntime --precision int8`` answers a prediction."""
     import base64
     import gzip
-    import os
-    import signal
-    import socket
-    import subprocess
-    import sys
-    import time
 
-    import httpx
+    from pancreas.testing import ServerProcess, clean_env
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PANCREAS_")}
-    env.update(PANCREAS_TMP_DIR=str(tmp_path), PANCREAS_NUM_THREADS="1", PANCREAS_LOG_LEVEL="warning")
-    cmd = [sys.executable, "-m", "pancreas", "serve", "--model", str(chained.root), "--backend", "onnxruntime",
-           "--precision", "int8", "--device", "cpu", "--step-size", "1.0", "--port", str(port)]
-    log = tmp_path / "server.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        with httpx.Client(base_url=url, timeout=120) as client:
-            while True:
-                assert process.poll() is None, log.read_text()
-                assert time.monotonic() < deadline, f"server not ready:\n{log.read_text()}"
-                try:
-                    if client.get("/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.2)
+    env = clean_env(TMP_DIR=tmp_path, NUM_THREADS=1, LOG_LEVEL="warning")
+    args = ["--backend", "onnxruntime", "--precision", "int8", "--device", "cpu", "--step-size", "1.0"]
+    with ServerProcess.serve(chained.root, args=args, env=env, log=tmp_path / "server.log") as server:
+        server.wait_ready(120)
+        with server.client() as client:
             info = client.get("/v1/model").json()
             assert (info["backend"], info["precision"]) == ("onnxruntime", "int8")
             image = next((phantoms / "validation").rglob("*_0000.nii.gz"))
@@ -112,12 +88,6 @@ def test_int8_bundle_is_served_by_a_real_server(chained, phantoms, tmp_path):
             body = reply.json()
             assert body["subtype"] in (0, 1, 2) and len(body["probabilities"]) == 3
             assert gzip.decompress(base64.b64decode(body["mask"]))[:4]  # a real .nii.gz payload
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 def test_compiled_artifact_is_served_by_the_torch_export_backend(bundle, phantoms, tmp_path):

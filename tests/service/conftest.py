@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import gzip
-import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
 import httpx
-import numpy as np
 import pytest
 import SimpleITK as sitk
+
+from pancreas.testing import ServerProcess, blob_ct, clean_env, decode_mask, free_port, nifti_bytes, post_ct
 
 REPO = Path(__file__).resolve().parents[2]
 REAL_CT = REPO.parent / "shared" / "data" / "real" / "totalseg_example_ct.nii.gz"
@@ -30,72 +23,30 @@ MAX_UPLOAD_BYTES = 8 * 1024 * 1024
 MAX_VOXELS = 4_000_000
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class Server(ServerProcess):
+    """A running `python -m pancreas serve` subprocess with its own request temp folder."""
 
-
-@dataclass
-class Server:
-    """A running `python -m pancreas serve` subprocess."""
-
-    process: subprocess.Popen
-    url: str
-    log: Path
-    tmp_dir: Path
-    readyz_seen: list[int] = field(default_factory=list)
-
-    def client(self, **kwargs) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=kwargs.pop("timeout", 120.0), **kwargs)
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def wait_ready(self, timeout: float = SERVER_START_TIMEOUT_S) -> None:
-        deadline = time.monotonic() + timeout
-        with httpx.Client(base_url=self.url, timeout=5.0) as c:
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_text()}")
-                with contextlib.suppress(httpx.TransportError):
-                    status = c.get("/readyz").status_code
-                    self.readyz_seen.append(status)
-                    if status == 200:
-                        return
-                time.sleep(0.05)
-        raise RuntimeError(f"server not ready after {timeout} s:\n{self.log_text()}")
-
-    def stop(self, timeout: float = 60.0) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        return self.process.returncode
+    def __init__(self, *args: object, tmp_dir: Path, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.tmp_dir = tmp_dir
 
 
 @contextlib.contextmanager
 def run_server(bundle: Path, workdir: Path, *, wait: bool = True, **settings: object) -> Iterator[Server]:
     """Start a real server on a free port with ``PANCREAS_*`` settings (``wait``: until ready); stop it after."""
-    port = free_port()
     tmp_dir = workdir / "tmp"
     tmp_dir.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PANCREAS_")}
-    env.update({f"PANCREAS_{k.upper()}": str(v) for k, v in settings.items()})
+    env = clean_env(**settings)
     env.update(PANCREAS_TMP_DIR=str(tmp_dir), PANCREAS_NUM_THREADS=env.get("PANCREAS_NUM_THREADS", "1"),
                PANCREAS_LOG_LEVEL="warning")
-    log = workdir / "server.log"
+    port = free_port()
     cmd = [sys.executable, "-m", "pancreas", "serve", "--model", str(bundle), "--host", "127.0.0.1",
            "--port", str(port)]
-    with open(log, "wb") as out:
-        process = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-    server = Server(process, f"http://127.0.0.1:{port}", log, tmp_dir)
+    server = Server(cmd, f"http://127.0.0.1:{port}", env=env, log=workdir / "server.log", cwd=REPO,
+                    tmp_dir=tmp_dir).start()
     try:
         if wait:
-            server.wait_ready()
+            server.wait_ready(SERVER_START_TIMEOUT_S)
         yield server
     finally:
         server.stop()
@@ -124,45 +75,7 @@ def client(server: Server) -> Iterator[httpx.Client]:
         yield c
 
 
-# ---- phantoms ----------------------------------------------------------------------------------------
-def blob_ct(shape: tuple[int, int, int] = (24, 64, 64), spacing_xyz: tuple[float, float, float] = (1.2, 1.2, 2.5),
-            seed: int = 0) -> sitk.Image:
-    """A small synthetic abdominal CT (int16 HU, LPS, identity direction): body, organ, lesion, noise."""
-    rng = np.random.default_rng(seed)
-    z, y, x = np.meshgrid(*(np.linspace(-1, 1, n) for n in shape), indexing="ij")
-    ct = np.full(shape, -1000.0)
-    ct[(y / 0.9) ** 2 + (x / 0.95) ** 2 < 1] = 30.0  # body
-    c = rng.uniform(-0.2, 0.2, 3)
-    organ = ((z - c[0]) / 0.5) ** 2 + ((y - c[1]) / 0.25) ** 2 + ((x - c[2]) / 0.45) ** 2 < 1
-    ct[organ] = 110.0
-    ct[((z - c[0]) / 0.2) ** 2 + ((y - c[1]) / 0.12) ** 2 + ((x - c[2]) / 0.12) ** 2 < 1] = 40.0  # lesion
-    ct += rng.normal(0, 12, shape)
-    image = sitk.GetImageFromArray(np.round(ct).astype(np.int16))
-    image.SetSpacing(spacing_xyz)
-    image.SetOrigin((-40.0, 25.0, 100.0))
-    return image
-
-
-def nifti_bytes(image: sitk.Image, workdir: Path, name: str = "ct.nii.gz") -> bytes:
-    path = workdir / name
-    sitk.WriteImage(image, str(path), useCompression=name.endswith(".gz"))
-    return path.read_bytes()
-
-
-def decode_mask(b64_or_bytes: str | bytes, workdir: Path, name: str = "mask.nii.gz") -> sitk.Image:
-    data = base64.b64decode(b64_or_bytes) if isinstance(b64_or_bytes, str) else b64_or_bytes
-    assert data[:2] == b"\x1f\x8b", "mask is not gzip"
-    gzip.decompress(data)  # a complete stream
-    path = workdir / name
-    path.write_bytes(data)
-    return sitk.ReadImage(str(path))
-
-
-def post_ct(client: httpx.Client, data: bytes, *, filename: str = "ct.nii.gz", field: str = "file",
-            **kwargs) -> httpx.Response:
-    return client.post("/v1/predict", files={field: (filename, data, "application/gzip")}, **kwargs)
-
-
+# ---- phantoms (helpers in pancreas.testing) -------------------------------------------------------
 @pytest.fixture(scope="session")
 def blob_image() -> sitk.Image:
     return blob_ct()
