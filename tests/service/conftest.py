@@ -12,7 +12,7 @@ import httpx
 import pytest
 import SimpleITK as sitk
 
-from pancreas.testing import ServerProcess, blob_ct, clean_env, decode_mask, free_port, nifti_bytes, post_ct
+from pancreas.testing import ServerProcess, blob_ct, clean_env, free_port, nifti_bytes, post_ct
 
 REPO = Path(__file__).resolve().parents[2]
 REAL_CT = REPO.parent / "shared" / "data" / "real" / "totalseg_example_ct.nii.gz"
@@ -93,7 +93,7 @@ def post(client: httpx.Client) -> Callable[..., httpx.Response]:
 
 @pytest.fixture(scope="session")
 def util() -> SimpleNamespace:
-    """Helper functions for test modules (conftest is not importable under --import-mode=importlib)."""
-    return SimpleNamespace(blob_ct=blob_ct, nifti_bytes=nifti_bytes, decode_mask=decode_mask, post_ct=post_ct,
-                           run_server=run_server, real_ct=REAL_CT, max_upload_bytes=MAX_UPLOAD_BYTES,
-                           max_voxels=MAX_VOXELS, free_port=free_port)
+    """The service tests' configuration (server runner with the test limits, the real CT path); the generic
+    helpers are imported from pancreas.testing (conftest is not importable under --import-mode=importlib)."""
+    return SimpleNamespace(run_server=run_server, real_ct=REAL_CT, max_upload_bytes=MAX_UPLOAD_BYTES,
+                           max_voxels=MAX_VOXELS)

@@ -6,6 +6,7 @@ import time
 
 from starlette.testclient import TestClient
 
+from pancreas.testing import blob_ct, nifti_bytes
 from service.main import create_app
 from service.settings import Settings
 
@@ -36,7 +37,7 @@ def test_unloadable_bundle_is_not_ready(tmp_path, blob_bytes):
 
 
 def test_request_timeout(tiny_bundle, tmp_path, util):
-    big = util.nifti_bytes(util.blob_ct(shape=(64, 96, 96), spacing_xyz=(1.5, 1.5, 2.0), seed=3), tmp_path)
+    big = nifti_bytes(blob_ct(shape=(64, 96, 96), spacing_xyz=(1.5, 1.5, 2.0), seed=3), tmp_path)
     settings = Settings(bundle=tiny_bundle, request_timeout_s=0.05, num_threads=1, tmp_dir=tmp_path / "t")
     (tmp_path / "t").mkdir()
     with TestClient(create_app(settings)) as c:

@@ -15,6 +15,7 @@ from pancreas import SUBTYPES
 from pancreas.bundle import Bundle, default_bundle_path
 from pancreas.metrics import dice
 from pancreas.nifti import same_grid
+from pancreas.testing import decode_mask, post_ct
 
 logger = logging.getLogger(__name__)
 
@@ -66,11 +67,11 @@ def test_demo_dsc_at_recorded_level(demo_bundle, demo_server, util, tmp_path):
         for i in range(N_CASES):
             case = make_case(90_000 + i, SUBTYPES[i % 3], shape="crop", headers="varied")
             case.write(tmp_path / f"ct{i}.nii.gz")
-            r = util.post_ct(c, (tmp_path / f"ct{i}.nii.gz").read_bytes())
+            r = post_ct(c, (tmp_path / f"ct{i}.nii.gz").read_bytes())
             assert r.status_code == 200, r.text
             body = r.json()
             assert body["subtype"] in SUBTYPES
-            mask = util.decode_mask(body["mask"], tmp_path, f"m{i}.nii.gz")
+            mask = decode_mask(body["mask"], tmp_path, f"m{i}.nii.gz")
             assert same_grid(mask, case.mask, tol=1e-4)
             pred, ref = sitk.GetArrayFromImage(mask), sitk.GetArrayFromImage(case.mask)
             scores.append(dice(pred > 0, ref > 0))
@@ -85,10 +86,10 @@ def test_demo_real_ct(demo_server, util, tmp_path):
     if not util.real_ct.is_file():
         pytest.skip(f"real CT not found at {util.real_ct}")
     with demo_server.client(timeout=300) as c:
-        r = util.post_ct(c, util.real_ct.read_bytes())
+        r = post_ct(c, util.real_ct.read_bytes())
     assert r.status_code == 200, r.text
     body = r.json()
-    mask = util.decode_mask(body["mask"], tmp_path)
+    mask = decode_mask(body["mask"], tmp_path)
     assert same_grid(mask, sitk.ReadImage(str(util.real_ct)), tol=1e-5)
     logger.warning("demo model on the real CT: %s", json.dumps(
         {k: body[k] for k in ("subtype", "probabilities", "volumes_ml", "timings_ms", "warnings")}))
@@ -108,10 +109,10 @@ def test_real_quiz_test_images_through_the_service(demo_server, util, tmp_path):
     volumes = []
     with demo_server.client(timeout=300) as c:
         for path in images:
-            r = util.post_ct(c, path.read_bytes(), filename=path.name)
+            r = post_ct(c, path.read_bytes(), filename=path.name)
             assert r.status_code == 200, (path.name, r.text)
             body = r.json()
-            mask = util.decode_mask(body["mask"], tmp_path, name=f"{path.name}.mask.nii.gz")
+            mask = decode_mask(body["mask"], tmp_path, name=f"{path.name}.mask.nii.gz")
             assert same_grid(mask, sitk.ReadImage(str(path)), tol=1e-5), path.name
             assert body["subtype"] in SUBTYPES
             volumes.append(body["volumes_ml"]["pancreas"])

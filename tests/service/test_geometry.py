@@ -12,6 +12,7 @@ import pytest
 import SimpleITK as sitk
 
 from pancreas.nifti import same_grid
+from pancreas.testing import decode_mask, nifti_bytes, post_ct
 
 logger = logging.getLogger(__name__)
 
@@ -49,14 +50,14 @@ VARIANTS = {
 
 
 def test_header_variants_same_world_mask(phantom, client, util, tmp_path):
-    payloads = {name: util.nifti_bytes(make(phantom), tmp_path, f"{name}.nii.gz") for name, make in VARIANTS.items()}
+    payloads = {name: nifti_bytes(make(phantom), tmp_path, f"{name}.nii.gz") for name, make in VARIANTS.items()}
     payloads["uint16_scaled"] = scaled_uint16(phantom, tmp_path / "u16.nii.gz").read_bytes()
     results = {}
     for name, data in payloads.items():
-        r = util.post_ct(client, data)
+        r = post_ct(client, data)
         assert r.status_code == 200, (name, r.text)
         body = r.json()
-        mask = util.decode_mask(body["mask"], tmp_path, f"mask_{name}.nii.gz")
+        mask = decode_mask(body["mask"], tmp_path, f"mask_{name}.nii.gz")
         stored = sitk.ReadImage(str(tmp_path / ("u16.nii.gz" if name == "uint16_scaled" else f"{name}.nii.gz")))
         assert same_grid(mask, stored, tol=1e-5), name
         world = sitk.Resample(mask, phantom, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
@@ -72,11 +73,11 @@ def test_real_ct(client, util, tmp_path, record_property):
     """A real scanner volume (int32 HU, 3 mm, RAS) returns a mask on exactly its grid."""
     if not util.real_ct.is_file():
         pytest.skip(f"real CT not found at {util.real_ct} (it lives in ../shared/data/real next to the repo)")
-    r = util.post_ct(client, util.real_ct.read_bytes())
+    r = post_ct(client, util.real_ct.read_bytes())
     assert r.status_code == 200, r.text
     body = r.json()
     image = sitk.ReadImage(str(util.real_ct))
-    mask = util.decode_mask(body["mask"], tmp_path)
+    mask = decode_mask(body["mask"], tmp_path)
     assert same_grid(mask, image, tol=1e-5)
     assert set(np.unique(sitk.GetArrayFromImage(mask))) <= {0, 1, 2}
     summary = {k: body[k] for k in ("subtype", "probabilities", "volumes_ml", "timings_ms", "model")}

@@ -10,6 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from pancreas.testing import blob_ct, nifti_bytes, post_ct
+
 API_KEY = "test-key-0123456789"
 
 
@@ -22,7 +24,7 @@ def strict(tiny_bundle, tmp_path_factory, util):
 @pytest.fixture(scope="module")
 def big_bytes(util, tmp_path_factory):
     """A CT that takes the tiny model a while (many sliding-window patches)."""
-    return util.nifti_bytes(util.blob_ct(shape=(64, 96, 96), spacing_xyz=(1.5, 1.5, 2.0), seed=3),
+    return nifti_bytes(blob_ct(shape=(64, 96, 96), spacing_xyz=(1.5, 1.5, 2.0), seed=3),
                             tmp_path_factory.mktemp("big"))
 
 
@@ -33,7 +35,7 @@ AUTH = {"Authorization": f"Bearer {API_KEY}"}
                                      {"Authorization": f"Basic {API_KEY}"}])
 def test_api_key_required(strict, blob_bytes, util, headers):
     with strict.client() as c:
-        for r in (util.post_ct(c, blob_bytes, headers=headers), c.get("/v1/model", headers=headers)):
+        for r in (post_ct(c, blob_bytes, headers=headers), c.get("/v1/model", headers=headers)):
             assert r.status_code == 401, r.text
             assert r.json()["detail"]["code"] == "unauthorized"
             assert r.headers["WWW-Authenticate"] == "Bearer"
@@ -41,7 +43,7 @@ def test_api_key_required(strict, blob_bytes, util, headers):
 
 def test_api_key_accepted(strict, blob_bytes, util):
     with strict.client() as c:
-        assert util.post_ct(c, blob_bytes, headers=AUTH).status_code == 200
+        assert post_ct(c, blob_bytes, headers=AUTH).status_code == 200
         assert c.get("/v1/model", headers=AUTH).status_code == 200
         assert c.get("/healthz").status_code == 200 and c.get("/readyz").status_code == 200
 
@@ -49,7 +51,7 @@ def test_api_key_accepted(strict, blob_bytes, util):
 def test_burst_over_queue_size(strict, big_bytes, blob_bytes, util):
     def one(_: int) -> httpx.Response:
         with strict.client() as c:
-            return util.post_ct(c, big_bytes, headers=AUTH)
+            return post_ct(c, big_bytes, headers=AUTH)
 
     with ThreadPoolExecutor(6) as pool:
         responses = list(pool.map(one, range(6)))
@@ -62,7 +64,7 @@ def test_burst_over_queue_size(strict, big_bytes, blob_bytes, util):
             assert int(r.headers["Retry-After"]) >= 1
     with strict.client() as c:
         assert c.get("/healthz").status_code == 200
-        assert util.post_ct(c, blob_bytes, headers=AUTH).status_code == 200
+        assert post_ct(c, blob_bytes, headers=AUTH).status_code == 200
         assert 'pancreas_errors_total{code="queue_full"}' in c.get("/metrics").text
 
 
@@ -72,7 +74,7 @@ def test_graceful_shutdown_finishes_in_flight_request(strict, big_bytes, util):
 
     def request() -> None:
         with strict.client() as c:
-            result["r"] = util.post_ct(c, big_bytes, headers=AUTH)
+            result["r"] = post_ct(c, big_bytes, headers=AUTH)
 
     thread = threading.Thread(target=request)
     thread.start()

@@ -11,6 +11,7 @@ import SimpleITK as sitk
 
 from pancreas import SUBTYPES
 from pancreas.nifti import same_grid
+from pancreas.testing import decode_mask, nifti_bytes
 
 STAGES = ("read", "preprocess", "inference", "postprocess", "encode", "total")
 
@@ -32,7 +33,7 @@ def test_json_response(post, blob_image, blob_bytes, tmp_path, util):
     assert body["subtype"] == int(np.argmax(body["probabilities"]))
     check_timings(body["timings_ms"])
     assert body["model"]["backend"] and body["model"]["precision"] and body["model"]["name"] == "random-tiny"
-    mask = util.decode_mask(body["mask"], tmp_path)
+    mask = decode_mask(body["mask"], tmp_path)
     assert same_grid(mask, blob_image, tol=1e-6)
     assert mask.GetPixelID() == sitk.sitkUInt8
     labels = sitk.GetArrayFromImage(mask)
@@ -53,16 +54,16 @@ def test_nifti_response_matches_json(post, blob_image, blob_bytes, tmp_path, uti
         check_timings(json.loads(r.headers["X-Timings-Ms"]))
         assert json.loads(r.headers["X-Model"]) == as_json["model"]
         assert json.loads(r.headers["X-Volumes-Ml"]) == as_json["volumes_ml"]
-        mask = util.decode_mask(r.content, tmp_path)
+        mask = decode_mask(r.content, tmp_path)
         assert same_grid(mask, blob_image, tol=1e-6)
-        ref = util.decode_mask(base64.b64decode(as_json["mask"]), tmp_path, "ref.nii.gz")
+        ref = decode_mask(base64.b64decode(as_json["mask"]), tmp_path, "ref.nii.gz")
         assert np.array_equal(sitk.GetArrayFromImage(mask), sitk.GetArrayFromImage(ref))
 
 
 def test_uncompressed_nii(post, blob_image, tmp_path, util):
-    r = post(util.nifti_bytes(blob_image, tmp_path, "ct.nii"), filename="ct.nii")
+    r = post(nifti_bytes(blob_image, tmp_path, "ct.nii"), filename="ct.nii")
     assert r.status_code == 200, r.text
-    assert same_grid(util.decode_mask(r.json()["mask"], tmp_path), blob_image, tol=1e-6)
+    assert same_grid(decode_mask(r.json()["mask"], tmp_path), blob_image, tol=1e-6)
 
 
 def test_client_file_name_is_not_a_path(post, blob_bytes, server, tmp_path):

@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from pancreas.testing import blob_ct, free_port, nifti_bytes, post_ct
+
 QUEUE = 2
 READ_TIMEOUT_S = 2.0
 UPLOAD_TIMEOUT_S = 4.0
@@ -105,7 +107,7 @@ def test_trickling_upload_hits_the_total_upload_timeout(stalling):
 
 def test_server_answers_after_stalled_clients(stalling, util, blob_bytes):
     with stalling.client() as c:
-        assert util.post_ct(c, blob_bytes).status_code == 200
+        assert post_ct(c, blob_bytes).status_code == 200
         assert "pancreas_queue_depth 0.0" in c.get("/metrics").text
 
 
@@ -147,7 +149,7 @@ def test_readyz_and_predict_after_model_load_failure(tiny_bundle, tmp_path, util
                 time.sleep(0.2)
             assert r is not None and r.status_code == 503 and r.json()["status"] == "failed", r and r.text
             assert "Retry-After" not in r.headers
-            answers = [r, util.post_ct(c, blob_bytes), c.get("/v1/model")]
+            answers = [r, post_ct(c, blob_bytes), c.get("/v1/model")]
         for a in answers:  # no path of any kind (the bundle's, a temp folder, a library's source file)
             assert str(tiny_bundle) not in a.text and str(tmp_path) not in a.text and ".py" not in a.text, a.text
         for a in answers[1:]:
@@ -173,10 +175,10 @@ def metric(client, name: str) -> float:
 
 
 def test_request_that_times_out_frees_the_model(slow_bundle, tmp_path, util):
-    big = util.nifti_bytes(util.blob_ct(shape=(64, 128, 128), spacing_xyz=(1.0, 1.0, 1.0), seed=4), tmp_path)
+    big = nifti_bytes(blob_ct(shape=(64, 128, 128), spacing_xyz=(1.0, 1.0, 1.0), seed=4), tmp_path)
     with util.run_server(slow_bundle, tmp_path / "srv", request_timeout_s=1.5, step_size=0.25, batch_size=1,
                          warmup=False) as srv, srv.client() as c:
-        r = util.post_ct(c, big)
+        r = post_ct(c, big)
         assert r.status_code == 504 and r.json()["detail"]["code"] == "timeout", r.text
         timed_out = time.monotonic()
         while (metric(c, "pancreas_in_progress") or metric(c, "pancreas_queue_depth")) \
@@ -203,7 +205,7 @@ def test_internal_error_answers_and_keeps_the_connection(tiny_bundle, tmp_path, 
     def boom() -> None:
         raise RuntimeError("a bug")
 
-    port = util.free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from pancreas.domain import WARNING_CODES, InputDomain, record_domain
+from pancreas.testing import blob_ct, nifti_bytes, post_ct
 
 #: Pancreas crops of at most 140 x 150 x 120 mm (z, y, x), 1-5 mm voxels (both uploads below are inside).
 DOMAIN = InputDomain.model_validate({"spacing_mm": {"min": [1.0, 1.0, 1.0], "max": [5.0, 5.0, 5.0]},
@@ -28,8 +29,8 @@ def domain_server(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory, u
 @pytest.fixture(scope="module")
 def abdomen_bytes(util, tmp_path_factory: pytest.TempPathFactory) -> bytes:
     """A whole-abdomen field of view: 80 x 96 x 104 voxels of 4 mm = 320 x 384 x 416 mm (z, y, x)."""
-    image = util.blob_ct(shape=(80, 96, 104), spacing_xyz=(4.0, 4.0, 4.0))
-    return util.nifti_bytes(image, tmp_path_factory.mktemp("abdomen"))
+    image = blob_ct(shape=(80, 96, 104), spacing_xyz=(4.0, 4.0, 4.0))
+    return nifti_bytes(image, tmp_path_factory.mktemp("abdomen"))
 
 
 def _codes(body: dict) -> list[str]:
@@ -37,7 +38,7 @@ def _codes(body: dict) -> list[str]:
 
 
 def test_huge_field_of_view_is_answered_with_a_fov_warning(domain_server, abdomen_bytes, util) -> None:
-    r = util.post_ct(domain_server, abdomen_bytes)
+    r = post_ct(domain_server, abdomen_bytes)
     assert r.status_code == 200, r.text
     body = r.json()
     assert all(set(w) == {"code", "message"} and w["code"] in WARNING_CODES for w in body["warnings"])
@@ -49,14 +50,14 @@ def test_huge_field_of_view_is_answered_with_a_fov_warning(domain_server, abdome
 
 
 def test_normal_crop_has_no_fov_warning(domain_server, blob_bytes, util) -> None:
-    r = util.post_ct(domain_server, blob_bytes)  # 60 x 77 x 77 mm
+    r = post_ct(domain_server, blob_bytes)  # 60 x 77 x 77 mm
     assert r.status_code == 200, r.text
     assert not {"fov", "spacing"} & set(_codes(r.json()))
 
 
 def test_file_response_carries_the_warnings_header(domain_server, abdomen_bytes, util) -> None:
-    as_json = util.post_ct(domain_server, abdomen_bytes).json()
-    r = util.post_ct(domain_server, abdomen_bytes, params={"format": "nifti"})
+    as_json = post_ct(domain_server, abdomen_bytes).json()
+    r = post_ct(domain_server, abdomen_bytes, params={"format": "nifti"})
     assert r.status_code == 200 and r.headers["content-type"] == "application/gzip"
     assert json.loads(r.headers["X-Warnings"]) == as_json["warnings"]
 
