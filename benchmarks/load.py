@@ -32,7 +32,7 @@ from typing import Any
 from benchmarks.loadmetrics import RssSampler, metrics_delta, rss_summary, scrape_metrics
 from pancreas.errors import PancreasError
 from pancreas.quiz import CHANNEL, NII
-from pancreas.testing import ServerProcess
+from pancreas.testing import ServerProcess, stop_process
 
 logger = logging.getLogger(__name__)
 
@@ -65,18 +65,6 @@ class LoadConfig:
     slow_users: int = 0  # slow / stalled raw-socket clients mixed into the overload run
     rss_interval_s: float = 10.0
     rss_warmup_s: float = 60.0  # RSS flatness is judged on the main run's samples after this
-
-
-def stop_process(proc: subprocess.Popen[Any] | None, grace_s: float = 15.0) -> None:
-    """SIGTERM, wait, then SIGKILL; only the process we started."""
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(grace_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
 
 
 def make_payloads(sizes: tuple[str, ...], *, seed: int = 0, folder: Path | None = None) -> Path:

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
 from pancreas.errors import InvalidImageError
 
-if TYPE_CHECKING:
-    from pancreas.preprocess import PreprocessPlan
+
+class PreprocessPlan(Protocol):
+    """What the grid needs of :class:`pancreas.preprocess.PreprocessPlan` (no import: preprocess uses this module)."""
+
+    transpose_forward: Sequence[int]
+    target_spacing: Sequence[float]
 
 
 @dataclass(frozen=True)
@@ -33,11 +37,15 @@ class GridLimits:
     free_voxels: int = 128 ** 3
 
 
+def scaled_shape(shape: Sequence[int], spacing: Sequence[float], new_spacing: Sequence[float]) -> tuple[int, ...]:
+    """nnU-Net's ``compute_new_shape``: ``round(spacing / new_spacing * shape)`` per axis (may be 0)."""
+    return tuple(round(float(s) / float(n) * int(k)) for s, n, k in zip(spacing, new_spacing, shape))
+
+
 def resampled_shape(shape: Sequence[int], spacing: Sequence[float], plan: PreprocessPlan) -> tuple[int, int, int]:
     """Shape (transposed axes) of a canonical ``(z, y, x)`` grid resampled to the plan's spacing, uncropped."""
-    shape_t = [int(shape[i]) for i in plan.transpose_forward]
-    spacing_t = [float(spacing[i]) for i in plan.transpose_forward]
-    return tuple(round(s / n * k) for s, n, k in zip(spacing_t, plan.target_spacing, shape_t))
+    order = plan.transpose_forward
+    return scaled_shape([shape[i] for i in order], [spacing[i] for i in order], plan.target_spacing)
 
 
 def check_grid(shape: Sequence[int], spacing: Sequence[float], plan: PreprocessPlan,

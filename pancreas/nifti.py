@@ -216,6 +216,8 @@ HEADER_BYTES = 544
 SHEAR_TOLERANCE = 1e-4
 
 NiftiHeader = nib.Nifti1Header | nib.Nifti2Header
+#: NIfTI affines are RAS, ITK geometry LPS: the flip is its own inverse, so it maps both ways.
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
 
 @dataclass(frozen=True)
@@ -363,7 +365,7 @@ def _itk_geometry(header: NiftiHeader) -> tuple[tuple[float, ...], tuple[float, 
         affine = header.get_qform()
     else:
         return zooms, (0.0, 0.0, 0.0), tuple(np.eye(3).ravel())
-    lps = np.diag([-1.0, -1.0, 1.0]) @ affine[:3]
+    lps = _LPS_TO_RAS @ affine[:3]
     spacing = np.linalg.norm(lps[:, :3], axis=0)
     return tuple(spacing), tuple(lps[:, 3]), tuple((lps[:, :3] / spacing).ravel())
 
@@ -467,7 +469,6 @@ def _first_line(exc: BaseException) -> str:
 
 #: gzip level of :func:`write_nifti1` (nibabel's default is 1; noisy CT barely compresses better at higher levels).
 NIFTI1_COMPRESSLEVEL = 1
-_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
 
 def write_nifti1(image: sitk.Image, path: str | Path, *, data: np.ndarray | None = None,

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from pancreas.errors import BundleError
+from pancreas.grid import scaled_shape
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +187,7 @@ def normalize(x: torch.Tensor, plan: PreprocessPlan, nonzero: torch.Tensor | Non
 # ---- resampling ----------------------------------------------------------------------------------------
 def compute_new_shape(shape: Sequence[int], spacing: Sequence[float], new_spacing: Sequence[float]) -> tuple[int, ...]:
     """nnU-Net's ``compute_new_shape``, at least one voxel per axis (nnU-Net's would be 0 and fail)."""
-    return tuple(max(1, round(s / n * k)) for s, n, k in zip(spacing, new_spacing, shape))
+    return tuple(max(1, n) for n in scaled_shape(shape, spacing, new_spacing))
 
 
 def separate_z_axis(spec: ResampleSpec, spacing: Sequence[float], new_spacing: Sequence[float],

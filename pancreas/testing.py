@@ -149,6 +149,20 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def stop_process(proc: subprocess.Popen[Any] | None, grace_s: float = 15.0) -> int | None:
+    """SIGTERM, wait up to ``grace_s`` s, then SIGKILL; only the process we started. Its exit code."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    return proc.returncode
+
+
 class ServerProcess:
     """A server subprocess on a known URL: ``start``, ``wait_ready``, ``stop`` (also a context manager).
 
@@ -211,17 +225,7 @@ class ServerProcess:
 
     def stop(self, timeout: float = 60.0) -> int | None:
         """SIGTERM, wait up to ``timeout`` s, then SIGKILL; the exit code (None if never started)."""
-        proc = self.process
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-        return proc.returncode
+        return stop_process(self.process, timeout)
 
     def client(self, **kwargs: Any) -> Any:
         """An ``httpx.Client`` on the server's URL (timeout 120 s unless given)."""

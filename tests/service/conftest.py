@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,7 +11,7 @@ import httpx
 import pytest
 import SimpleITK as sitk
 
-from pancreas.testing import ServerProcess, blob_ct, clean_env, free_port, nifti_bytes, post_ct
+from pancreas.testing import ServerProcess, blob_ct, clean_env, nifti_bytes, post_ct
 
 REPO = Path(__file__).resolve().parents[2]
 REAL_CT = REPO.parent / "shared" / "data" / "real" / "totalseg_example_ct.nii.gz"
@@ -39,11 +38,7 @@ def run_server(bundle: Path, workdir: Path, *, wait: bool = True, **settings: ob
     env = clean_env(**settings)
     env.update(PANCREAS_TMP_DIR=str(tmp_dir), PANCREAS_NUM_THREADS=env.get("PANCREAS_NUM_THREADS", "1"),
                PANCREAS_LOG_LEVEL="warning")
-    port = free_port()
-    cmd = [sys.executable, "-m", "pancreas", "serve", "--model", str(bundle), "--host", "127.0.0.1",
-           "--port", str(port)]
-    server = Server(cmd, f"http://127.0.0.1:{port}", env=env, log=workdir / "server.log", cwd=REPO,
-                    tmp_dir=tmp_dir).start()
+    server = Server.serve(bundle, env=env, log=workdir / "server.log", cwd=REPO, tmp_dir=tmp_dir).start()
     try:
         if wait:
             server.wait_ready(SERVER_START_TIMEOUT_S)
