@@ -21,11 +21,21 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pancreas import LABELS
 from pancreas.bundle import Artifact, Bundle, BundleMetadata, HeadConfig, NetworkConfig, provenance
 from pancreas.errors import PancreasError
 
 _ARCH_IMPORTS = ["conv_op", "norm_op", "dropout_op", "nonlin"]
+
+#: The source checkout this package runs from (the tests and benchmarks run from one).
+REPO_ROOT = Path(__file__).resolve().parents[1]
+#: The workspace's shared data beside the checkout: ``real/`` (one abdominal CT) and ``quiz-real/`` (real quiz
+#: CT, licence not stated, never committed). Absent on CI: tests that need it skip with a stated reason.
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+REAL_CT = SHARED_DATA / "real" / "totalseg_example_ct.nii.gz"
+QUIZ_REAL = SHARED_DATA / "quiz-real"
 
 
 def tiny_plans(*, patch_size: tuple[int, int, int] = (32, 64, 64),
@@ -100,7 +110,6 @@ def tiny_plans(*, patch_size: tuple[int, int, int] = (32, 64, 64),
 
 def write_nifti(path: str | Path, array: Any, header: dict[str, Any]) -> Path:
     """Write ``array`` (numpy ``(z, y, x)``) as a compressed NIfTI with ``header`` keys spacing/origin/direction."""
-    import numpy as np
     import SimpleITK as sitk
 
     from pancreas.nifti import write_image
@@ -110,6 +119,37 @@ def write_nifti(path: str | Path, array: Any, header: dict[str, Any]) -> Path:
     image.SetOrigin(header["origin"])
     image.SetDirection(tuple(float(v) for v in header["direction"]))
     return write_image(image, path)
+
+
+# ---- CT-like volumes on chosen grids -------------------------------------------------------------------
+#: A non-RAS, oblique header: voxel axes permuted and flipped, then tilted 9 degrees about world y.
+_TILT = np.deg2rad(9.0)
+OBLIQUE_DIRECTION = tuple((np.array([[np.cos(_TILT), 0, np.sin(_TILT)], [0, 1, 0], [-np.sin(_TILT), 0, np.cos(_TILT)]])
+                           @ np.array([[0.0, -1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])).ravel())
+
+
+def ct_array(shape: tuple[int, int, int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """An int16 CT-like (z, y, x) array (air, body, one bright organ) and its 0/1/2 organ/lesion labels."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.meshgrid(*(np.linspace(-1, 1, n) for n in shape), indexing="ij")
+    ct = np.full(shape, -1000.0)
+    ct[(y / 0.9) ** 2 + (x / 0.95) ** 2 < 1] = 30.0
+    organ = (z / 0.5) ** 2 + (y / 0.3) ** 2 + (x / 0.45) ** 2 < 1
+    lesion = (z / 0.2) ** 2 + (y / 0.12) ** 2 + (x / 0.12) ** 2 < 1
+    ct[organ], ct[lesion] = 110.0, 40.0
+    labels = organ.astype(np.uint8) + lesion.astype(np.uint8)
+    return np.round(ct + rng.normal(0, 12, shape)).astype(np.int16), labels
+
+
+def write_case(path: Path, shape: tuple[int, int, int], spacing_xyz: tuple[float, float, float],
+               direction: tuple[float, ...] = (1, 0, 0, 0, 1, 0, 0, 0, 1), seed: int = 0,
+               mask_path: Path | None = None) -> Path:
+    """Write a CT-like NIfTI (and optionally its labels on the same grid); ``shape`` is numpy (z, y, x)."""
+    ct, labels = ct_array(shape, seed)
+    header = {"spacing": spacing_xyz, "origin": (-30.5, 12.0, 240.25), "direction": direction}
+    if mask_path is not None:
+        write_nifti(mask_path, labels, header)
+    return write_nifti(path, ct, header)
 
 
 def tiny_dataset_json(num_training: int = 0) -> dict[str, Any]:

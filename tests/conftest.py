@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-REAL_DATA = REPO_ROOT.parent / "shared" / "data" / "real"
+from pancreas.testing import REAL_CT, REPO_ROOT
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
@@ -42,7 +41,7 @@ def repo_root() -> Path:
 @pytest.fixture(scope="session")
 def real_ct() -> Path:
     """The real abdominal CT from ../shared/data/real (skips with a reason where it is absent)."""
-    path = REAL_DATA / "totalseg_example_ct.nii.gz"
+    path = REAL_CT
     if not path.is_file():
         pytest.skip(f"real CT not found at {path} (it ships in the workspace's shared/ folder)")
     return path

@@ -13,6 +13,7 @@ from benchmarks.candidates import BASELINE, Candidate, Environment, discover
 from benchmarks.compare import Case, _schedule, best_line, find_cases
 from pancreas.cli import main
 from pancreas.errors import DatasetError, PancreasError
+from pancreas.testing import REPO_ROOT
 
 BEST = re.compile(r"^best: (\S+) is (\d+\.\d)× faster end to end than nnU-Net v2 default \(DSC change [+-]\d\.\d{3}\)")
 
@@ -172,7 +173,7 @@ def test_run_all_reports_what_finished_when_interrupted(monkeypatch, tmp_path: P
 
 
 def test_ort_rows_only_where_cuda_provider_runs() -> None:
-    demo = Path(__file__).resolve().parents[2] / "pancreas" / "demo_bundle"
+    demo = REPO_ROOT / "pancreas" / "demo_bundle"
     no_ort = Environment(cuda=True, tensorrt=False, ort_cuda=False)
     assert not [c for c in discover([demo], env=no_ort) if c.name.startswith("ort-")]
     ort = Environment(cuda=True, tensorrt=False, ort_cuda=True)

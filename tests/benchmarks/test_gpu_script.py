@@ -20,8 +20,9 @@ from benchmarks.gpu import prepare_wheels
 from benchmarks.gpu.archs import arch_bundle
 from benchmarks.gpu.cases import CASES, write_case
 from benchmarks.report import STAGE_GROUPS, stage_table
+from pancreas.testing import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = REPO_ROOT
 SCRIPT = REPO / "benchmarks" / "gpu" / "run.sh"
 UNPACK = REPO / "benchmarks" / "gpu" / "unpack.sh"
 

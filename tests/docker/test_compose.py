@@ -16,10 +16,12 @@ from typing import Any
 
 import pytest
 
+from pancreas.testing import REPO_ROOT
+
 yaml = pytest.importorskip("yaml", reason="PyYAML is in the dev extra: pip install -e '.[dev]'")
 jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is in the dev extra: pip install -e '.[dev]'")
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = REPO_ROOT
 COMPOSE = REPO / "docker-compose.yml"
 SCHEMA = Path(__file__).with_name("compose_spec.json")
 PROMETHEUS = REPO / "docker" / "prometheus.yml"

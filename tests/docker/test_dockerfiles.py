@@ -19,7 +19,9 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from pancreas.testing import REPO_ROOT
+
+REPO = REPO_ROOT
 DOCKERFILES = {name: REPO / "docker" / name for name in ("Dockerfile", "Dockerfile.cpu")}
 HADOLINT_CONFIG = REPO / "docker" / ".hadolint.yaml"
 BUILD_TOOLS = ("build-essential", "make", "gcc", "g++", "python3-dev", "cmake")

@@ -18,9 +18,9 @@ from types import ModuleType
 
 import pytest
 
-from pancreas.testing import free_port
+from pancreas.testing import REPO_ROOT, free_port
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = REPO_ROOT
 ENTRYPOINT = REPO / "docker" / "entrypoint.py"
 H100 = ("NVIDIA H100 80GB HBM3", "9.0", "10.16.1.11")
 L4 = ("NVIDIA L4", "8.9", "10.16.1.11")

@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from pancreas.testing import ServerProcess, clean_env, free_port
+from pancreas.testing import REPO_ROOT, ServerProcess, clean_env, free_port
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = REPO_ROOT
 ENTRYPOINT = REPO / "docker" / "entrypoint.py"
 START_TIMEOUT_S = 180.0
 

@@ -11,10 +11,8 @@ import httpx
 import pytest
 import SimpleITK as sitk
 
-from pancreas.testing import ServerProcess, blob_ct, clean_env, nifti_bytes, post_ct
+from pancreas.testing import REAL_CT, REPO_ROOT, ServerProcess, blob_ct, clean_env, nifti_bytes, post_ct
 
-REPO = Path(__file__).resolve().parents[2]
-REAL_CT = REPO.parent / "shared" / "data" / "real" / "totalseg_example_ct.nii.gz"
 SERVER_START_TIMEOUT_S = 120.0
 
 #: Limits of the main test server: small enough to test them, large enough for the real CT.
@@ -38,7 +36,7 @@ def run_server(bundle: Path, workdir: Path, *, wait: bool = True, **settings: ob
     env = clean_env(**settings)
     env.update(PANCREAS_TMP_DIR=str(tmp_dir), PANCREAS_NUM_THREADS=env.get("PANCREAS_NUM_THREADS", "1"),
                PANCREAS_LOG_LEVEL="warning")
-    server = Server.serve(bundle, env=env, log=workdir / "server.log", cwd=REPO, tmp_dir=tmp_dir).start()
+    server = Server.serve(bundle, env=env, log=workdir / "server.log", cwd=REPO_ROOT, tmp_dir=tmp_dir).start()
     try:
         if wait:
             server.wait_ready(SERVER_START_TIMEOUT_S)

@@ -15,7 +15,7 @@ from pancreas import SUBTYPES
 from pancreas.bundle import Bundle, default_bundle_path
 from pancreas.metrics import dice
 from pancreas.nifti import same_grid
-from pancreas.testing import decode_mask, post_ct
+from pancreas.testing import QUIZ_REAL, decode_mask, post_ct
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def test_demo_real_ct(demo_server, util, tmp_path):
     assert body["warnings"] or body["volumes_ml"]["pancreas"] <= 200.0, body["volumes_ml"]
 
 
-QUIZ_TEST = Path(__file__).resolve().parents[3] / "shared" / "data" / "quiz-real" / "test"
+QUIZ_TEST = QUIZ_REAL / "test"
 
 
 @pytest.mark.slow

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,8 +10,9 @@ import SimpleITK as sitk
 
 from pancreas.bundle import Bundle, default_bundle_path
 from pancreas.nifti import same_grid
+from pancreas.testing import QUIZ_REAL
 
-QUIZ = Path(__file__).resolve().parents[3] / "shared" / "data" / "quiz-real"
+QUIZ = QUIZ_REAL
 needs_quiz = pytest.mark.skipif(not (QUIZ / "test").is_dir(),
                                 reason=f"real quiz data not found at {QUIZ} (unlicensed, never committed)")
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from pancreas.phantoms import SynthConfig, synthesize
+from pancreas.testing import QUIZ_REAL
 
 
 @pytest.fixture(scope="session")
@@ -16,7 +17,6 @@ def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return synthesize(out, SynthConfig(cases_per_subtype=2, splits=("train", "test"), seed=11, preview=True))
 
 
-QUIZ_REAL = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "quiz-real"
 
 
 @pytest.fixture(scope="session")

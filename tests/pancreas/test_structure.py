@@ -7,7 +7,9 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from pancreas.testing import REPO_ROOT
+
+ROOT = REPO_ROOT
 PACKAGES = ("pancreas", "training", "optimize", "service", "benchmarks")
 STAGES = tuple(p for p in PACKAGES if p != "pancreas")
 

@@ -14,6 +14,7 @@ from pancreas.bundle import Bundle, default_bundle_path
 from pancreas.cli import main
 from pancreas.metrics import dice
 from pancreas.nifti import same_grid
+from pancreas.testing import OBLIQUE_DIRECTION, write_case
 
 
 def test_demo_command_segments_a_fresh_phantom(tmp_path: Path) -> None:
@@ -42,8 +43,8 @@ def _demo(capsys: pytest.CaptureFixture, *args: object) -> tuple[int, dict | Non
 
 
 @pytest.mark.usefixtures("few_threads")
-def test_own_image_and_mask_on_an_oblique_grid(tmp_path: Path, tiny_bundle, util, capsys) -> None:
-    image = util.write_case(tmp_path / "my_ct.nii.gz", (30, 40, 48), (1.4, 1.1, 2.5), util.oblique,
+def test_own_image_and_mask_on_an_oblique_grid(tmp_path: Path, tiny_bundle, capsys) -> None:
+    image = write_case(tmp_path / "my_ct.nii.gz", (30, 40, 48), (1.4, 1.1, 2.5), OBLIQUE_DIRECTION,
                             mask_path=tmp_path / "my_mask.nii.gz")
     code, result, err = _demo(capsys, "--image", image, "--mask", tmp_path / "my_mask.nii.gz",
                               "--model", tiny_bundle.root, "--out", tmp_path / "out")
@@ -64,8 +65,8 @@ def test_own_image_and_mask_on_an_oblique_grid(tmp_path: Path, tiny_bundle, util
 
 
 @pytest.mark.usefixtures("few_threads")
-def test_own_image_without_mask_has_no_dice(tmp_path: Path, tiny_bundle, util, capsys) -> None:
-    image = util.write_case(tmp_path / "ct_0000.nii.gz", (24, 32, 32), (1.5, 1.5, 3.0))
+def test_own_image_without_mask_has_no_dice(tmp_path: Path, tiny_bundle, capsys) -> None:
+    image = write_case(tmp_path / "ct_0000.nii.gz", (24, 32, 32), (1.5, 1.5, 3.0))
     code, result, err = _demo(capsys, "--image", image, "--model", tiny_bundle.root, "--out", tmp_path)
     assert code == 0, err
     assert not [k for k in result if k.startswith("dice")]
@@ -73,9 +74,9 @@ def test_own_image_without_mask_has_no_dice(tmp_path: Path, tiny_bundle, util, c
     assert sitk.ReadImage(str(tmp_path / "ct_pred.nii.gz")).GetSize() == sitk.ReadImage(str(image)).GetSize()
 
 
-def test_mask_on_another_grid_is_refused(tmp_path: Path, tiny_bundle, util, capsys) -> None:
-    image = util.write_case(tmp_path / "ct.nii.gz", (24, 32, 32), (1.5, 1.5, 3.0))
-    shifted = util.write_case(tmp_path / "other.nii.gz", (24, 32, 32), (1.5, 1.5, 3.0), util.oblique)
+def test_mask_on_another_grid_is_refused(tmp_path: Path, tiny_bundle, capsys) -> None:
+    image = write_case(tmp_path / "ct.nii.gz", (24, 32, 32), (1.5, 1.5, 3.0))
+    shifted = write_case(tmp_path / "other.nii.gz", (24, 32, 32), (1.5, 1.5, 3.0), OBLIQUE_DIRECTION)
     code, _, err = _demo(capsys, "--image", image, "--mask", shifted, "--model", tiny_bundle.root,
                          "--out", tmp_path / "out")
     assert code == 1
@@ -85,8 +86,8 @@ def test_mask_on_another_grid_is_refused(tmp_path: Path, tiny_bundle, util, caps
 
 @pytest.mark.parametrize("problem", ["missing image", "unreadable image", "missing mask", "probability mask",
                                      "mask without image"])
-def test_bad_files_fail_naming_the_file(tmp_path: Path, tiny_bundle, util, capsys, problem: str) -> None:
-    image = util.write_case(tmp_path / "ct.nii.gz", (8, 16, 16), (1.5, 1.5, 3.0))
+def test_bad_files_fail_naming_the_file(tmp_path: Path, tiny_bundle, capsys, problem: str) -> None:
+    image = write_case(tmp_path / "ct.nii.gz", (8, 16, 16), (1.5, 1.5, 3.0))
     garbage = tmp_path / "garbage.nii.gz"
     garbage.write_bytes(b"this is not a NIfTI file")
     probs = tmp_path / "probs.nii.gz"

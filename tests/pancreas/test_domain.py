@@ -21,7 +21,7 @@ from pancreas.domain import (
 from pancreas.engine import Engine, EngineConfig, predict_ensemble
 from pancreas.errors import BundleError, DatasetError
 from pancreas.nifti import canonicalize, read_volume
-from pancreas.testing import write_nifti
+from pancreas.testing import OBLIQUE_DIRECTION, ct_array, write_case, write_nifti
 
 #: Training crops as recorded by an exporter (z, y, x); the quiz crops are about 128 x 87 x 130 mm.
 CROPS = {"spacing_mm": {"min": [1.0, 0.6, 0.6], "max": [3.0, 1.0, 1.0]},
@@ -69,11 +69,11 @@ def test_malformed_domain_is_a_bundle_error(bad: dict, where: str) -> None:
 
 
 # ---- measure ---------------------------------------------------------------------------------------------
-def test_measure_reads_canonical_ranges_from_files(tmp_path: Path, util) -> None:
+def test_measure_reads_canonical_ranges_from_files(tmp_path: Path) -> None:
     # a: identity header; b: voxel axes permuted/flipped and tilted, so its file order is not z, y, x
-    a = util.write_case(tmp_path / "a.nii.gz", (30, 40, 50), (0.8, 0.8, 2.0),
+    a = write_case(tmp_path / "a.nii.gz", (30, 40, 50), (0.8, 0.8, 2.0),
                         mask_path=tmp_path / "a_m.nii.gz")
-    b = util.write_case(tmp_path / "b.nii.gz", (20, 60, 44), (0.7, 0.9, 3.0), util.oblique, seed=1,
+    b = write_case(tmp_path / "b.nii.gz", (20, 60, 44), (0.7, 0.9, 3.0), OBLIQUE_DIRECTION, seed=1,
                         mask_path=tmp_path / "b_m.nii.gz")
     assert read_volume(b).spacing == pytest.approx((3.0, 0.7, 0.9))  # canonical z, y, x
     quiz_like = sitk.ReadImage(str(tmp_path / "b_m.nii.gz"))  # real quiz masks store 1.0000153
@@ -88,7 +88,7 @@ def test_measure_reads_canonical_ranges_from_files(tmp_path: Path, util) -> None
     # a: 60 x 32 x 40 mm; b: 60 x 30.8 x 54 mm (its canonical y is the file's x axis: 44 voxels of 0.7 mm)
     assert domain.extent_mm.min == pytest.approx((60.0, 44 * 0.7, 50 * 0.8))
     assert domain.extent_mm.max == pytest.approx((60.0, 40 * 0.8, 60 * 0.9))
-    expected = [np.count_nonzero(util.ct_array(s, seed)[1]) * np.prod(sp) / 1000
+    expected = [np.count_nonzero(ct_array(s, seed)[1]) * np.prod(sp) / 1000
                 for s, sp, seed in (((30, 40, 50), (0.8, 0.8, 2.0), 0), ((20, 60, 44), (0.7, 0.9, 3.0), 1))]
     assert (domain.pancreas_ml.min, domain.pancreas_ml.max) == pytest.approx((min(expected), max(expected)))
     as_volumes = measure([read_volume(a), read_volume(b)], [read_volume(tmp_path / "a_m.nii.gz")])
@@ -191,8 +191,8 @@ def test_record_domain_rewrites_a_copy(demo_copy: Path) -> None:
 
 
 @pytest.mark.usefixtures("few_threads")
-def test_engine_warns_from_its_bundle_domain(demo_copy: Path, with_domain, tmp_path: Path, util) -> None:
-    crop = util.write_case(tmp_path / "crop.nii.gz", (40, 60, 80), (1.5, 1.5, 2.0), util.oblique)
+def test_engine_warns_from_its_bundle_domain(demo_copy: Path, with_domain, tmp_path: Path) -> None:
+    crop = write_case(tmp_path / "crop.nii.gz", (40, 60, 80), (1.5, 1.5, 2.0), OBLIQUE_DIRECTION)
     measured = measure([crop])  # this very crop is the whole "training set"
     narrow = {"extent_mm": {"max": [40.0, 40.0, 40.0]}}  # a domain the crop is far outside of
     plain = Bundle.load(default_bundle_path())
@@ -205,9 +205,9 @@ def test_engine_warns_from_its_bundle_domain(demo_copy: Path, with_domain, tmp_p
 
 
 @pytest.mark.usefixtures("few_threads")
-def test_configuration_ensemble_reports_each_warning_once(tiny_bundle: Bundle, with_domain, util,
+def test_configuration_ensemble_reports_each_warning_once(tiny_bundle: Bundle, with_domain,
                                                           tmp_path: Path) -> None:
-    big = read_volume(util.write_case(tmp_path / "big.nii.gz", (30, 36, 40), (8.0, 8.0, 8.0)))  # 240x288x320
+    big = read_volume(write_case(tmp_path / "big.nii.gz", (30, 36, 40), (8.0, 8.0, 8.0)))  # 240x288x320
     crops = with_domain(tiny_bundle, {"extent_mm": CROPS["extent_mm"]})
     pred = predict_ensemble([Engine.from_bundle(crops, EngineConfig(batch_size=4))] * 2, big)
     assert codes(pred.warnings).count("fov") == 1, pred.warnings

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from pancreas.cli import main
+from pancreas.testing import OBLIQUE_DIRECTION, write_case
 
 pytestmark = pytest.mark.usefixtures("few_threads")
 
@@ -18,11 +19,11 @@ DOMAIN = {"spacing_mm": {"min": [0.5, 0.5, 0.5], "max": [4.0, 4.0, 4.0]},
 
 
 @pytest.fixture
-def cases(tmp_path: Path, util) -> Path:
+def cases(tmp_path: Path) -> Path:
     folder = tmp_path / "images"
-    util.write_case(folder / "crop_0000.nii.gz", (24, 32, 32), (3.0, 3.0, 4.0))  # 96 x 96 x 96 mm
+    write_case(folder / "crop_0000.nii.gz", (24, 32, 32), (3.0, 3.0, 4.0))  # 96 x 96 x 96 mm
     # file axes (z, y, x) 80 x 96 x 104 voxels, but the oblique header swaps y and x: canonical 320x416x384 mm
-    util.write_case(folder / "abdomen_0000.nii.gz", (80, 96, 104), (4.0, 4.0, 4.0), util.oblique)
+    write_case(folder / "abdomen_0000.nii.gz", (80, 96, 104), (4.0, 4.0, 4.0), OBLIQUE_DIRECTION)
     return folder
 
 
