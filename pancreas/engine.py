@@ -64,6 +64,9 @@ class Prediction:
     volumes_ml: dict[str, float]  # {"pancreas": labels 1 ∪ 2, "lesion": label 2}
     timings_ms: dict[str, float] = field(default_factory=dict)
     warnings: list[InputWarning] = field(default_factory=list)  # input unlike the training data
+    #: per part of a composite model (cascade stage, ensemble member): that part's own stage timings, keyed by
+    #: the part's name (e.g. ``3d_lowres``); empty for a single model. ``timings_ms`` holds the sums.
+    parts_ms: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass
