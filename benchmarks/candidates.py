@@ -3,7 +3,7 @@
 A :class:`Candidate` is a name, a runner kind (``nnunet`` or ``engine``), a bundle and the runner's options.
 :func:`discover` builds the list from a table of recipes (:data:`RECIPES`); a recipe is skipped, with the
 reason logged, when the machine or the bundle cannot run it (fp16/TensorRT without a GPU, int8 without an
-int8 ONNX artifact, ...). Runners live in :data:`RUNNERS`; the worker process (``benchmarks.worker``) looks
+int8 ONNX artifact, ...). Runners live in :data:`RUNNERS`; the worker process (``benchmarks.candidate_worker``) looks
 them up by kind, so the orchestrator never branches on what it runs.
 """
 
@@ -92,6 +92,9 @@ Recipe = Callable[[Bundle, Environment], "tuple[str, str, dict[str, Any]] | str"
 
 
 def _has(bundle: Bundle, kind: str, precision: str) -> bool:
+    """Whether ``bundle`` (every member of an ensemble bundle) has a ``kind`` artifact at ``precision``."""
+    if bundle.is_ensemble:
+        return all(_has(member, kind, precision) for member in bundle.members.values())
     return bool(bundle.artifacts(kind, precision))  # type: ignore[arg-type]
 
 

@@ -1,7 +1,7 @@
 """Side-by-side comparison with nnU-Net v2's own predictor: same weights, same volumes, same run.
 
 :func:`compare` runs every candidate (:mod:`benchmarks.candidates`) in its own worker process
-(:mod:`benchmarks.worker`), alternating between candidates case by case (round-robin, and the order rotates
+(:mod:`benchmarks.candidate_worker`), alternating between candidates case by case (round-robin, and the order rotates
 with each repeat), measures file → mask-file wall time, stage times, peak RSS and GPU memory, scores the
 masks (DSC of pancreas ∪ lesion and of the lesion against ground truth, and against the baseline's mask),
 takes medians over repeats and writes JSON, markdown and a PNG chart (:mod:`benchmarks.report`).
@@ -182,7 +182,7 @@ def _remaining(cfg: CompareConfig) -> float:
 def _start_workers(cfg: CompareConfig, candidates: list[Candidate], warm: str, progress: _Progress,
                    workers: dict[str, Any]) -> None:
     """Start every candidate's process at once (loading and compiling overlap), then wait for each."""
-    from benchmarks.worker import Worker
+    from benchmarks.candidate_worker import Worker
 
     for c in candidates:
         workers[c.name] = Worker(dataclasses.asdict(c), warm, timeout_s=cfg.timeout_s)

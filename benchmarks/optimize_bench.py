@@ -114,14 +114,14 @@ def run(bundle: Path, data: Path, workdir: Path, *, threads: int, per_subtype: i
                 options = OptimizeOptions(data=data, command=command, finetune=DistillConfig(steps=steps), **BUILD)
                 optimize_bundle(bundle, chain, target, options=options)
                 logger.info("%s built in %.0f s", name, time.perf_counter() - t0)
-            command = _built_with(target) or command
+            command = built_with(target) or command
         for backend, precision in measures:
             rows.append(measure_variant(target, name=name, command=command, backend=backend, precision=precision,
                                         cases=cases, threads=threads))
             logger.info("measured %s", rows[-1])
     rows = _merge(report, rows) if only else rows
     write_report(rows, report, title="Optimization results (CPU, this machine)",
-                 preamble=_preamble(teacher_note, threads, len(cases), load0), notes=_notes(rows, workdir, report))
+                 preamble=_preamble(teacher_note, threads, len(cases), load0), notes=done_when_notes(rows, workdir, report))
     return rows
 
 
@@ -194,7 +194,7 @@ def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}×" if a and b else "–"
 
 
-def _notes(rows: list[VariantRow], workdir: Path | None = None, report: Path | None = None) -> str:
+def done_when_notes(rows: list[VariantRow], workdir: Path | None = None, report: Path | None = None) -> str:
     def find(name: str, backend: str, precision: str) -> VariantRow | None:
         return next((r for r in rows if (r.name, r.backend, r.precision) == (name, backend, precision)), None)
 
@@ -270,7 +270,7 @@ def _pairs_notes(report: Path | None) -> list[str]:
     return lines
 
 
-def _built_with(bundle: Path) -> str | None:
+def built_with(bundle: Path) -> str | None:
     """The command recorded in a built bundle's provenance (what really made it).
 
     Patch-loop builds ran under ``OMP_NUM_THREADS=1`` (not part of argv, so added here); nnU-Net-loop
@@ -286,13 +286,13 @@ def _built_with(bundle: Path) -> str | None:
 def render_only(report: Path, workdir: Path, note: str) -> int:
     """Rebuild the markdown from the measured rows (``<report>.json``), the paired timings and the stage
     records, keeping the measured run's preamble and adding ``note`` after it."""
-    rows = [replace(VariantRow(**r), command=_built_with(workdir / r["name"]) or r["command"])
+    rows = [replace(VariantRow(**r), command=built_with(workdir / r["name"]) or r["command"])
             for r in json.loads(report.with_suffix(".json").read_text())]
     old = report.read_text().split("\n\n| variant |")[0].split("\n\n", 1) if report.is_file() else ["", ""]
     kept = old[-1].strip() if len(old) > 1 else ""
     preamble = "\n\n".join(p for p in (kept, "" if note.strip() in kept else note.strip()) if p)
     write_report(rows, report, title="Optimization results (CPU, this machine)", preamble=preamble,
-                 notes=_notes(rows, workdir, report))
+                 notes=done_when_notes(rows, workdir, report))
     return 0
 
 

@@ -10,7 +10,14 @@ The spec (JSON) names the data and every row::
               {"row": "phantom only", ..., "evaluation": "runs/eval/report.json"}]}
 
 ``fold_metrics`` is a training fold's held-out evaluation (network grid, ``by_source``); ``evaluation`` is a
-``pancreas evaluate --json`` report (original grid). Only aggregates and case ids are written, never images.
+``pancreas evaluate --json`` report (original grid). An optional ``configurations`` block renders a
+``pancreas find-best`` result (one row per configuration and per ensemble) with each member's CPU training
+time, summed from the ``history.json`` files it lists::
+
+    "configurations": {"find_best": "runs/cfg/find_best/find_best.json", "command": "...", "note": "...",
+                       "members": {"2d": {"histories": [".../fold_0/history.json"], "train": "pancreas train ..."}}}
+
+Only aggregates and case ids are written, never images.
 """
 
 from __future__ import annotations
@@ -74,6 +81,31 @@ def plot_rows(measured: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def training_minutes(histories: list[str], root: Path) -> float:
+    """Summed epoch time (minutes) of the training runs behind one configuration."""
+    return sum(float(e["time_s"]) for h in histories for e in json.loads((root / h).read_text())["epochs"]) / 60.0
+
+
+def configurations_table(block: dict[str, Any], root: Path) -> str:
+    """The find-best table: per candidate its real-case scores, engine seconds per case and training minutes."""
+    result = json.loads((root / block["find_best"]).read_text())
+    members = block.get("members", {})
+    minutes = {name: training_minutes(m.get("histories", []), root) for name, m in members.items()}
+    header = ("| candidate | real cases | whole DSC | lesion DSC | whole NSD@2mm | whole HD95 mm | s / case (CPU) | "
+              "CPU training min |")
+    lines = [header, "| --- " * 8 + "|"]
+    for entry in result["table"]:
+        source = "real" if "real" in entry["sources"] else next(iter(entry["sources"]))
+        s = entry["sources"][source]
+        n = sum(c["source"] == source for c in result["cases"][entry["candidate"]])
+        mark = " **(best)**" if entry["candidate"] == result["best"] else ""
+        train = sum(minutes.get(m, float("nan")) for m in entry["members"])
+        lines.append(f"| `{entry['candidate']}`{mark} | {n} | {s['whole_dsc']:.4f} | {s['lesion_dsc']:.4f} | "
+                     f"{s['whole_nsd2']:.4f} | {s['whole_hd95']:.1f} | {entry['seconds_per_case']:.2f} | {train:.1f} |")
+    rows = [f"* `{name}`: `{m['train']}`" for name, m in members.items() if m.get("train")]
+    return "\n".join([*lines, "", "Training commands (each row's members):", "", *rows])
+
+
 def build(spec: dict[str, Any], root: Path, out: Path) -> str:
     from training.oof import OOFReport
 
@@ -90,6 +122,10 @@ def build(spec: dict[str, Any], root: Path, out: Path) -> str:
         plot_rows(measured, png)
     parts += ["## Ablation (one change per row, same real held-out cases, same budget)", "",
               spec.get("ablation_note", ""), "", table, "", f"![ablation]({png.name})", ""]
+    block = spec.get("configurations")
+    if block and (root / block["find_best"]).is_file():
+        parts += [f"## {block.get('title', 'Configurations and ensembles')}", "", f"Command: `{block['command']}`", "",
+                  block.get("note", ""), "", configurations_table(block, root), ""]
     parts += spec.get("footer", [])
     text = "\n".join(parts) + "\n"
     out.write_text(text)

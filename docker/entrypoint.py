@@ -44,7 +44,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 logger = logging.getLogger("pancreas.entrypoint")
@@ -184,9 +184,13 @@ def stamp_mismatch(engine_dir: Path, expected: Mapping[str, str | None]) -> str 
         stamp = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         return f"engine stamp {path} is unreadable ({exc})"
-    diffs = [f"{k}: built for {stamp.get(k)!r}, this container has {v!r}"
-             for k, v in expected.items() if str(stamp.get(k)) != str(v)]
-    return "; ".join(diffs) or None
+    from pancreas.backends.tensorrt_build import EngineTarget, engine_mismatch
+
+    target_fields = {f.name for f in fields(EngineTarget)}  # the GPU/TensorRT part: the builder's own rule
+    diffs = [engine_mismatch(EngineTarget.of(stamp), EngineTarget.of(expected))]
+    diffs += [f"{k}: built for {stamp.get(k)!r}, this container has {v!r}"
+              for k, v in expected.items() if k not in target_fields and str(stamp.get(k)) != str(v)]
+    return "; ".join(d for d in diffs if d) or None
 
 
 def bundle_engine_mismatch(bundle: Path, acc: Accelerator, precision: str) -> str | None:
@@ -265,7 +269,7 @@ def cache_lock(cache_dir: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def build_engine(opts: EngineOptions, acc: Accelerator, target: Path) -> Path:
+def build_tensorrt_engine(opts: EngineOptions, acc: Accelerator, target: Path) -> Path:
     """Run ``pancreas optimize`` into a temp folder, stamp it, then move it to ``target`` atomically."""
     recipe = opts.recipe or default_recipe(opts.precision)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
@@ -325,7 +329,7 @@ def _decide_and_build(opts: EngineOptions, acc: Accelerator) -> Decision:
         return decision
     logger.info("engine needed: %s", decision.reason)
     try:
-        build_engine(opts, acc, decision.engine_dir)
+        build_tensorrt_engine(opts, acc, decision.engine_dir)
     except (subprocess.CalledProcessError, OSError) as exc:
         if opts.mode in ("require", "rebuild") or opts.backend == "tensorrt":
             raise RuntimeError(f"TensorRT engine build failed ({exc}); see the log above") from exc

@@ -26,6 +26,7 @@ from torch import nn
 from optimize.options import CompileConfig
 from pancreas.backends import resolve_device
 from pancreas.backends.torch_backend import ProgramModule, load_program
+from pancreas.bundle import input_channels_of
 from pancreas.errors import PancreasError
 
 logger = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ def _export(net: Any, patch_size: list[int] | tuple[int, ...], max_batch: int, d
     """``torch.export`` of ``net`` (already on ``device``) with an example batch on ``device``."""
     if getattr(net, "deep_supervision", False):
         raise CompileError("torch.export needs deep supervision off: build the network with deep_supervision=False")
-    example = torch.randn(2, 1, *[int(p) for p in patch_size], device=device)
+    example = torch.randn(2, input_channels_of(net), *[int(p) for p in patch_size], device=device)
     batch = torch.export.Dim("batch", min=1, max=max(2, int(max_batch)))
     try:
         return torch.export.export(_Outputs(net.eval()), (example,), dynamic_shapes={"image": {0: batch}})

@@ -4,7 +4,9 @@ Cases come from a quiz-layout folder (``pancreas synth`` output or the real quiz
 ``{split}/subtype{k}/quiz_{k}_{NNN}_0000.nii.gz`` + ``quiz_{k}_{NNN}.nii.gz``. Each image goes through the
 engine's own nnU-Net preprocessing (:mod:`pancreas.preprocess`), so INT8 calibration sees exactly the
 intensity distribution the deployed model sees; masks follow with nearest-neighbour resampling.
-Patches are sampled like nnU-Net's loader: a share centred on foreground, the rest uniformly.
+Patches are sampled like nnU-Net's loader: a share centred on foreground, the rest uniformly. A cascade stage's
+patches (``network.input_channels`` > 1) carry the one-hot reference labels as the previous-stage channels, in
+place of the low-res prediction (what a perfect previous stage hands on; parity only needs realistic inputs).
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from pancreas import FOREGROUND_LABELS
 from pancreas.errors import DatasetError
+from pancreas.patch import window_patch
 from pancreas.quiz import NII, case_id_of, image_name, is_image, subtype_dirs
 
 logger = logging.getLogger(__name__)
@@ -32,7 +36,7 @@ class Case:
 
 @dataclass
 class PatchSet:
-    """``images`` float32 ``[N,1,*patch]``, ``labels`` int64 ``[N,*patch]``, ``subtypes`` int64 ``[N]``."""
+    """``images`` float32 ``[N,C,*patch]``, ``labels`` int64 ``[N,*patch]``, ``subtypes`` int64 ``[N]``."""
 
     images: np.ndarray
     labels: np.ndarray
@@ -134,8 +138,13 @@ def sample_from_case(image: np.ndarray, labels: np.ndarray, patch: tuple[int, ..
 def phantom_patches(bundle: Any, root: str | Path, *, split: str = "train", max_cases: int = 8,
                     per_case: int = 2, seed: int = 0, fg_fraction: float = 0.67,
                     lesion_fraction: float = 0.0) -> PatchSet:
-    """Patches from up to ``max_cases`` preprocessed cases of ``root/split`` (deterministic for ``seed``)."""
-    patch = tuple(int(p) for p in bundle.configuration["patch_size"])
+    """Patches from up to ``max_cases`` preprocessed cases of ``root/split`` (deterministic for ``seed``).
+
+    A 2D network's patches are slices: sampled as ``(1, h, w)`` boxes, returned as ``[N,C,h,w]``.
+    """
+    network_patch = tuple(int(p) for p in bundle.configuration["patch_size"])
+    patch = window_patch(network_patch)
+    cascade = bundle.metadata.network.input_channels > 1
     rng = np.random.default_rng(seed)
     cases = list_cases(root, split)
     picked = [cases[i] for i in sorted(rng.permutation(len(cases))[:max_cases])]
@@ -143,8 +152,11 @@ def phantom_patches(bundle: Any, root: str | Path, *, split: str = "train", max_
     for case in picked:
         img, lab = preprocess_case(bundle, case)
         x, y = sample_from_case(img, lab, patch, per_case, rng, fg_fraction, lesion_fraction)
+        x, y = x.reshape(len(x), 1, *network_patch), y.reshape(len(y), *network_patch)
+        if cascade:
+            x = np.concatenate([x, np.stack([y == c for c in FOREGROUND_LABELS], axis=1).astype(np.float32)], axis=1)
         images.append(x)
         labels.append(y)
         subtypes += [case.subtype] * per_case
-    logger.info("sampled %d patches of %s from %d %s cases", len(subtypes), patch, len(picked), split)
+    logger.info("sampled %d patches of %s from %d %s cases", len(subtypes), network_patch, len(picked), split)
     return PatchSet(np.concatenate(images), np.concatenate(labels), np.asarray(subtypes, dtype=np.int64))

@@ -1,6 +1,6 @@
 """ONNX export of the multi-task network: fixed patch size, dynamic batch, both outputs, onnxslim-simplified.
 
-The exported graph has one input ``image`` ``[B,1,*patch]`` float32 and two outputs ``seg_logits``
+The exported graph has one input ``image`` ``[B,C,*patch]`` float32 (C = 1, or 3 for a cascade stage) and two outputs ``seg_logits``
 ``[B,3,*patch]`` and ``cls_logits`` ``[B,3]``; only the batch axis is dynamic. Export is the first of
 the stages export → :func:`optimize.validate.parity_gate` → quantize/build → validate again.
 """
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pancreas.bundle import input_channels_of
 from pancreas.errors import PancreasError
 
 logger = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ def export_onnx(net: Any, patch_size: tuple[int, ...] | list[int], out: str | Pa
     if getattr(net, "deep_supervision", False):
         raise ExportError("export needs deep supervision off: build the network with deep_supervision=False")
     net = net.eval()
-    dummy = torch.randn(1, 1, *[int(p) for p in patch_size])
+    dummy = torch.randn(1, input_channels_of(net), *[int(p) for p in patch_size])
     axes = {name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)} if config.dynamic_batch else None
     try:
         with torch.no_grad(), warnings.catch_warnings():

@@ -8,6 +8,8 @@ per-patch latency before/after, the library versions and the wall time. The resu
 
 Order: recipes that change the network (``prune``, ``distill``) come before those that convert it;
 ``fp16``, ``int8`` and ``tensorrt`` export the ONNX model first when ``onnx`` was not given.
+A cascade bundle's nested previous stage gets the same recipes first (into the same relative folder), so
+both stages are exported and parity-gated and the onnxruntime backend serves the whole cascade.
 Calibration, parity and fine-tuning data are real preprocessed phantom patches: ``options.data`` (a
 quiz-layout folder with ``train/`` and ``validation/``) or, when unset, phantoms synthesized on the fly.
 """
@@ -58,6 +60,15 @@ RECIPES: dict[str, RecipeFn] = {"onnx": stages.onnx, "fp16": stages.fp16, "int8"
                                 "compile": stages.compile_}
 
 
+def _source(bundle: Bundle | str | Path) -> Bundle:
+    """The bundle to optimize, loaded; an ensemble bundle is refused (optimize each member on its own)."""
+    bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+    if bundle.is_ensemble:
+        raise RecipeError(f"{bundle.root} is an ensemble bundle (members {sorted(bundle.members)}); optimize each "
+                          "member bundle on its own (members/<name>/), then rebuild the ensemble from the results")
+    return bundle
+
+
 def optimize_bundle(bundle: Bundle | str | Path, recipes: str | list[str], out: str | Path, *,
                     options: OptimizeOptions = OptimizeOptions()) -> Bundle:  # noqa: B008 (frozen dataclass)
     """Run ``recipes`` on ``bundle`` and write the optimized bundle to ``out``; returns it loaded.
@@ -66,11 +77,14 @@ def optimize_bundle(bundle: Bundle | str | Path, recipes: str | list[str], out: 
         RecipeError: unknown/misordered recipes, ``out`` not empty, no torch artifact.
         ParityError, QuantizationError, TensorRTUnavailableError, ...: from the stages.
     """
-    bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+    bundle = _source(bundle)
     plan = parse_recipes(recipes)
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise RecipeError(f"output folder {out} is not empty; choose a new --out")
+    if bundle.previous_stage is not None:  # a cascade: the same recipes (and fold) for its nested previous stage
+        logger.info("cascade: optimizing the previous stage %s first", bundle.metadata.previous_stage)
+        optimize_bundle(bundle.previous_stage, recipes, out / bundle.metadata.previous_stage, options=options)
     (out / "models").mkdir(parents=True, exist_ok=True)
     state = State(bundle, out, options)
     try:
@@ -93,10 +107,13 @@ def optimize_folds(bundle: Bundle | str | Path, recipes: str | list[str], out: s
     Each fold is optimized on its own (``out/.fold_<k>``); its files are then moved into ``out/models`` as
     ``fold_<k>_<name>`` (torch weights keep ``fold_<k>.pt``) and its stage records are tagged with the fold.
     """
-    bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+    bundle = _source(bundle)
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise RecipeError(f"output folder {out} is not empty; choose a new --out")
+    if bundle.previous_stage is not None:
+        raise RecipeError(f"{bundle.root} is a cascade; optimize one fold of both stages at a time (--fold k), "
+                          "not --fold all")
     folds = list(dict.fromkeys(a.fold for a in bundle.artifacts("torch", "fp32")))
     if not folds:
         raise RecipeError(f"bundle {bundle.root} has no fp32 torch artifact to optimize")
@@ -134,7 +151,8 @@ def _write(state: State, plan: list[Recipe]) -> Bundle:
                           artifacts=state.artifacts,
                           metrics={"teacher": src.metrics} if changed and src.metrics else dict(src.metrics),
                           optimization=[*src.optimization, *state.records], inference=inference,
-                          training_data=src.training_data, provenance=provenance(state.options.command))
+                          training_data=src.training_data, previous_stage=src.previous_stage,
+                          provenance=provenance(state.options.command))
     return Bundle.write(state.out, meta, state.bundle.plans, state.bundle.dataset)
 
 

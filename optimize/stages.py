@@ -133,7 +133,7 @@ def distill(state: State, recipe: Recipe) -> None:
     t0 = time.perf_counter()
     student, config = build_student(state.net, state.bundle.plans, state.config, spec, state.patch)
     student, summary = _finetune(state, student, config, f"distill_{recipe.arg or 'default'}")
-    example = torch.zeros(1, 1, *state.patch)
+    example = torch.zeros(1, state.config.input_channels, *state.patch)
     structure = {"params_before": count_parameters(state.net), "params_after": count_parameters(student),
                  "gmacs_before": round(count_macs(state.net, example) / 1e9, 3),
                  "gmacs_after": round(count_macs(student, example) / 1e9, 3), "student": asdict(spec),

@@ -2,6 +2,10 @@
 
 Pipeline (each stage timed into ``Prediction.timings_ms``)::
 
+    [previous]     a cascade (``bundle.previous_stage``): the low-res stage runs first as its own Engine (same
+                   options); its raw label map is appended to the preprocessed input as one-hot channels
+                   (:mod:`pancreas.cascade`); its stage times add to the sums and are in ``Prediction.parts_ms``;
+                   with coarse-to-fine, its foreground gives the ROI instead of a coarse pass
     [coarse]       optional: a pass at ``coarse_factor`` x the target spacing finds the pancreas ROI
     preprocess     nnU-Net preprocessing (transpose, crop, normalize, resample; torch, on the GPU if any)
     inference      sliding window over the backend (Gaussian blending, batches, optional mirroring TTA)
@@ -10,7 +14,8 @@ Pipeline (each stage timed into ``Prediction.timings_ms``)::
     postprocess    largest pancreas component, lesions next to the pancreas
 
 The engine is backend-agnostic: it holds one :class:`~pancreas.backends.Backend` (fold ensembles are an
-:class:`~pancreas.backends.ensemble.EnsembleBackend`). Orientation is never touched here: volumes come
+:class:`~pancreas.backends.ensemble.EnsembleBackend`; an ensemble bundle over configurations becomes an
+:class:`~pancreas.ensemble_engine.EnsembleEngine` in :meth:`Engine.from_bundle`). Orientation is never touched here: volumes come
 from :func:`pancreas.nifti.read_volume` and masks go back through ``Volume.to_image``. Each prediction
 carries ``warnings`` where the input or the result is unlike the bundle's training data
 (:mod:`pancreas.domain`).
@@ -18,27 +23,25 @@ carries ``warnings`` where the input or the result is unlike the bundle's traini
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import threading
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from pancreas import LABELS
 from pancreas.backends import Backend, create_backend
 from pancreas.bundle import Bundle
-from pancreas.domain import InputDomain, InputWarning
+from pancreas.cascade import part_timings, segmentation_spec, with_previous_stage
+from pancreas.domain import InputDomain
 from pancreas.engine_config import EngineConfig
+from pancreas.ensemble_engine import EnsembleEngine
 from pancreas.grid import check_grid
-from pancreas.nifti import Volume, read_volume
-from pancreas.postprocess import PostprocessConfig, largest_component, postprocess
+from pancreas.nifti import Volume
+from pancreas.postprocess import largest_component
+from pancreas.prediction import Prediction, SoftPrediction, Timer, make_prediction, post_config, predict_file
 from pancreas.preprocess import (
     Box,
     Preprocessed,
@@ -48,7 +51,7 @@ from pancreas.preprocess import (
     paste_canonical,
     preprocess,
 )
-from pancreas.sliding_window import WindowConfig, sliding_window
+from pancreas.sliding_window import WindowConfig, sliding_window, window_batch
 
 logger = logging.getLogger(__name__)
 
@@ -56,72 +59,18 @@ logger = logging.getLogger(__name__)
 DEFAULT_CONFIG = EngineConfig()
 
 
-@dataclass
-class Prediction:
-    mask: np.ndarray  # uint8 (z, y, x), canonical space, same shape as Volume.array
-    probabilities: list[float]  # subtype probabilities (sum 1)
-    subtype: int
-    volumes_ml: dict[str, float]  # {"pancreas": labels 1 ∪ 2, "lesion": label 2}
-    timings_ms: dict[str, float] = field(default_factory=dict)
-    warnings: list[InputWarning] = field(default_factory=list)  # input unlike the training data
-    #: per part of a composite model (cascade stage, ensemble member): that part's own stage timings, keyed by
-    #: the part's name (e.g. ``3d_lowres``); empty for a single model. ``timings_ms`` holds the sums.
-    parts_ms: dict[str, dict[str, float]] = field(default_factory=dict)
-
-
-@dataclass
-class SoftPrediction:
-    """Class probabilities on the canonical grid, for ensembling over configurations."""
-
-    probabilities: np.ndarray  # float32 [C, z, y, x], canonical
-    class_probabilities: np.ndarray  # [K]
-    timings_ms: dict[str, float]
-
-
-class Timer:
-    """Collects wall-clock milliseconds per stage (synchronizing CUDA so GPU work lands in its stage)."""
-
-    def __init__(self, cuda: bool = False) -> None:
-        self.ms: dict[str, float] = {}
-        self.cuda = cuda
-
-    @contextlib.contextmanager
-    def __call__(self, stage: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            if self.cuda:
-                torch.cuda.synchronize()
-            self.ms[stage] = self.ms.get(stage, 0.0) + (time.perf_counter() - start) * 1000.0
-
-
-def volumes_ml(mask: np.ndarray, spacing: tuple[float, ...]) -> dict[str, float]:
-    voxel_ml = float(np.prod(spacing)) / 1000.0
-    lesion = int(np.count_nonzero(mask == LABELS["lesion"]))
-    return {"pancreas": int(np.count_nonzero(mask)) * voxel_ml, "lesion": lesion * voxel_ml}
-
-
-def make_prediction(mask: np.ndarray, volume: Volume, class_probabilities: np.ndarray,
-                    post: PostprocessConfig | None, timer: Timer) -> Prediction:
-    """Post-process a canonical label map and assemble the :class:`Prediction`."""
-    with timer("postprocess"):
-        if post is not None:
-            mask = postprocess(mask, volume.spacing, post)
-    probs = [float(p) for p in class_probabilities]
-    timings = dict(timer.ms)
-    timings["total"] = sum(timings.values())
-    return Prediction(mask=mask.astype(np.uint8, copy=False), probabilities=probs, subtype=int(np.argmax(probs)),
-                      volumes_ml=volumes_ml(mask, volume.spacing), timings_ms=timings)
-
-
 class Engine:
     """Runs one model bundle (all folds of one configuration) on canonical volumes."""
 
-    def __init__(self, bundle: Bundle, config: EngineConfig, backend: Backend) -> None:
+    def __init__(self, bundle: Bundle, config: EngineConfig, backend: Backend, previous: Engine | None = None) -> None:
         self.bundle = bundle
         self.config = config
         self.backend = backend
+        #: a cascade's previous stage (``bundle.previous_stage``; default: all its folds), run first; its label map
+        #: becomes extra input channels (:mod:`pancreas.cascade`)
+        self.previous = previous
+        if previous is None and bundle.previous_stage is not None:
+            self.previous = Engine(bundle.previous_stage, config, create_backend(bundle.previous_stage, config))
         if config.num_threads:
             torch.set_num_threads(int(config.num_threads))
         self.plan = PreprocessPlan.from_plans(bundle.plans, bundle.metadata.network.configuration)
@@ -130,16 +79,21 @@ class Engine:
             torch.backends.cudnn.benchmark = config.cudnn_benchmark
         self.window = WindowConfig(patch_size=tuple(backend.patch_size), step_size=config.step_size,
                                    batch_size=config.batch_size, tta=config.tta, progress=config.progress)
-        inference = bundle.metadata.inference
-        enabled = config.postprocess and inference.get("postprocess", True) is not False
-        self.post = PostprocessConfig.from_metadata(inference) if enabled else None
+        self.post = post_config(bundle.metadata.inference, config)
         self.domain = InputDomain.from_training_data(bundle.metadata.training_data) or InputDomain()
+        self.seg_spec = segmentation_spec(bundle.plans, bundle.metadata.network.configuration) \
+            if self.previous is not None else None
 
     @classmethod
-    def from_bundle(cls, bundle: Bundle | str | Path, config: EngineConfig = DEFAULT_CONFIG) -> Engine:
-        """Load a bundle (if given a path) and create its backend from the registry."""
+    def from_bundle(cls, bundle: Bundle | str | Path, config: EngineConfig = DEFAULT_CONFIG
+                    ) -> Engine | EnsembleEngine:
+        """Load a bundle (if given a path) and create its backend from the registry; an ensemble bundle
+        (``metadata.members``) gives an :class:`~pancreas.ensemble_engine.EnsembleEngine` of its members."""
         if not isinstance(bundle, Bundle):
             bundle = Bundle.load(bundle)
+        if bundle.is_ensemble:
+            members = {name: cls.from_bundle(member, config) for name, member in bundle.members.items()}
+            return EnsembleEngine(members, config, bundle)
         return cls(bundle, config, create_backend(bundle, config))
 
     @property
@@ -147,17 +101,19 @@ class Engine:
         meta = self.bundle.metadata
         return {"name": meta.name, "version": meta.version, "backend": self.backend.name,
                 "precision": self.backend.precision, "device": self.backend.device,
-                "patch_size": list(self.backend.patch_size), "step_size": self.config.step_size,
+                "patch_size": list(self.window.patch_size[1:] if self.plan.is_2d else self.window.patch_size),
+                "step_size": self.config.step_size,
                 "tta": self.config.tta, "folds": len(getattr(self.backend, "members", [self.backend])),
                 "configuration": meta.network.configuration, "coarse_to_fine": self.config.coarse_to_fine,
                 "postprocess": self.post is not None}
 
     def warmup(self) -> None:
         """Run the backend once at the batch sizes the sliding window uses (compiles, allocates)."""
-        batch = max(1, min(self.config.batch_size, int(self.backend.max_batch)))
+        batch = window_batch(self.config.batch_size, self.window.patch_size, self.backend)
         with torch.inference_mode():  # as the sliding window runs: torch.compile guards on inference tensors
             for b in sorted({batch, 1}):
-                x = np.zeros((b, 1, *self.backend.patch_size), dtype=np.float32)
+                x = np.zeros((b, self.bundle.metadata.network.input_channels, *self.backend.patch_size),
+                             dtype=np.float32)
                 self.backend(torch.from_numpy(x).to(self.device) if getattr(self.backend, "accepts_tensors", False)
                              else x)
 
@@ -186,7 +142,7 @@ class Engine:
             n_crop = pre.shape_after_crop[axis]
             scale = n_crop / fg.shape[axis]
             lo, hi = math.floor(hits[0] * scale), math.ceil((hits[-1] + 1) * scale)
-            ratio = self.plan.target_spacing[axis] / pre.spacing[axis]  # original voxels per target voxel
+            ratio = self.plan.spacing_for(pre.spacing)[axis] / pre.spacing[axis]  # original voxels per target voxel
             patch = self.window.patch_size[axis]
             margin = math.ceil(self.config.roi_margin * patch * ratio)
             lo, hi = lo - margin, hi + margin
@@ -218,19 +174,49 @@ class Engine:
     def _segment_on(self, volume: Volume, timer: Timer, device: torch.device,
                     cancel: threading.Event | None = None) -> tuple[torch.Tensor, Preprocessed, np.ndarray]:
         self.check_input(volume)
+        prior = self._previous_labels(volume, timer, cancel) if self.previous is not None else None
         roi = None
         if self.config.coarse_to_fine:
             with timer("coarse"):
-                roi = self.coarse_roi(volume, device, cancel)
+                roi = self.coarse_roi(volume, device, cancel) if prior is None else self._prior_roi(prior, volume)
         with timer("preprocess"):
             pre = preprocess(volume.array, volume.spacing, self.plan, device=device, roi=roi)
+            if prior is not None:
+                pre = with_previous_stage(pre, prior, self.plan, self.seg_spec)
         with timer("inference"):
             res = sliding_window(pre.data, self.backend, self.window, cancel=cancel)
         with timer("resample_back"):
             logits = logits_to_crop(res.logits, pre, self.plan)
         return logits, pre, res.class_probabilities
 
+    def _previous_labels(self, volume: Volume, timer: Timer, cancel: threading.Event | None) -> np.ndarray:
+        """The previous cascade stage's raw label map (canonical); its timings become a part of ``timer``."""
+        own = Timer(cuda=timer.cuda)
+        labels, _ = self.previous.labels(volume, own, cancel)  # its subtype is not used (see pancreas.cascade)
+        timer.add_part(self.previous.bundle.metadata.network.configuration, own.ms)
+        return labels
+
+    def _prior_roi(self, labels: np.ndarray, volume: Volume) -> Box | None:
+        """coarse-to-fine of a cascade: the ROI around the previous stage's foreground (no extra coarse pass)."""
+        fg = np.transpose(labels > 0, self.plan.transpose_forward)
+        if not fg.any():
+            return None
+        if self.post is not None and self.post.largest_component:
+            fg = largest_component(fg)
+        whole = Preprocessed(data=torch.empty(0), bbox=tuple((0, n) for n in fg.shape), shape_before_crop=fg.shape,
+                             spacing=tuple(float(volume.spacing[i]) for i in self.plan.transpose_forward),
+                             target_spacing=self.plan.target_spacing)
+        return self._roi_box(fg, whole)
+
     # ---- public --------------------------------------------------------------------------------------
+    def labels(self, volume: Volume, timer: Timer, cancel: threading.Event | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """The canonical label map (not post-processed) and the subtype probabilities, timed into ``timer``."""
+        logits, pre, cls = self._segment(volume, timer, cancel)
+        with timer("export"):
+            mask = paste_canonical(argmax_labels(logits).cpu().numpy(), pre, self.plan)
+        return mask, cls
+
     def check_input(self, volume: Volume) -> tuple[int, int, int]:
         """Refuse a volume whose grid at the plans' spacing is empty or over ``config.grid_limits``."""
         return check_grid(volume.shape, volume.spacing, self.plan, self.config.grid_limits)
@@ -238,18 +224,19 @@ class Engine:
     def predict(self, volume: Volume, *, cancel: threading.Event | None = None) -> Prediction:
         """Segment and classify one canonical volume; stops at the next patch batch once ``cancel`` is set."""
         timer = Timer(cuda=self.device.type == "cuda")
-        logits, pre, cls = self._segment(volume, timer, cancel)
-        with timer("export"):
-            labels = argmax_labels(logits).cpu().numpy()
-            mask = paste_canonical(labels, pre, self.plan)
+        mask, cls = self.labels(volume, timer, cancel)
         pred = make_prediction(mask, volume, cls, self.post, timer)
         pred.warnings = self.domain.check(volume, pred.volumes_ml)
+        if timer.parts:  # a cascade: each stage's own timings
+            previous = {k: v for part in timer.parts.values() for k, v in part.items() if k != "total"}
+            pred.parts_ms = {**timer.parts,
+                             self.bundle.metadata.network.configuration: part_timings(pred.timings_ms, previous)}
         return pred
 
-    def predict_soft(self, volume: Volume) -> SoftPrediction:
+    def predict_soft(self, volume: Volume, *, cancel: threading.Event | None = None) -> SoftPrediction:
         """Softmax probabilities on the canonical grid (background 1 outside the crop/ROI)."""
         timer = Timer(cuda=self.device.type == "cuda")
-        logits, pre, cls = self._segment(volume, timer)
+        logits, pre, cls = self._segment(volume, timer, cancel)
         with timer("export"):
             probs = torch.softmax(logits, dim=0).cpu().numpy()
             full = paste_canonical(probs, pre, self.plan, fill=0.0)
@@ -260,32 +247,5 @@ class Engine:
 
     def predict_file(self, image_path: str | Path, mask_path: str | Path) -> Prediction:
         """Read a CT, predict, write the mask on exactly the input's grid; timings include read/write."""
-        start = time.perf_counter()
-        volume = read_volume(image_path)
-        read_ms = (time.perf_counter() - start) * 1000.0
-        pred = self.predict(volume)
-        start = time.perf_counter()
-        volume.write_mask(pred.mask, mask_path)
-        stages = {k: v for k, v in pred.timings_ms.items() if k != "total"}
-        pred.timings_ms = {"read": read_ms, **stages, "write": (time.perf_counter() - start) * 1000.0}
-        pred.timings_ms["total"] = sum(pred.timings_ms.values())
-        return pred
+        return predict_file(self.predict, image_path, mask_path)
 
-
-def predict_ensemble(engines: list[Engine], volume: Volume) -> Prediction:
-    """Average the canonical-space probabilities of several engines (configurations); argmax; postprocess."""
-    if len(engines) == 1:
-        return engines[0].predict(volume)
-    total, cls, timer = None, None, Timer()
-    for engine in engines:
-        soft = engine.predict_soft(volume)
-        total = soft.probabilities if total is None else np.add(total, soft.probabilities, out=total)
-        cls = soft.class_probabilities if cls is None else cls + soft.class_probabilities
-        for k, v in soft.timings_ms.items():
-            timer.ms[k] = timer.ms.get(k, 0.0) + v
-    with timer("export"):
-        mask = argmax_labels(torch.from_numpy(total)).numpy()
-    pred = make_prediction(mask, volume, cls / len(engines), engines[0].post, timer)
-    found = (w for engine in engines for w in engine.domain.check(volume, pred.volumes_ml))
-    pred.warnings = list(dict.fromkeys(found))  # each bundle's domain; identical warnings once
-    return pred

@@ -19,7 +19,7 @@ class PreprocessPlan(Protocol):
     """What the grid needs of :class:`pancreas.preprocess.PreprocessPlan` (no import: preprocess uses this module)."""
 
     transpose_forward: Sequence[int]
-    target_spacing: Sequence[float]
+    target_spacing: Sequence[float]  # 3 entries, or 2 (in-plane) for a 2D configuration: see full_spacing
 
 
 @dataclass(frozen=True)
@@ -42,10 +42,22 @@ def scaled_shape(shape: Sequence[int], spacing: Sequence[float], new_spacing: Se
     return tuple(round(float(s) / float(n) * int(k)) for s, n, k in zip(spacing, new_spacing, shape))
 
 
+def full_spacing(target_spacing: Sequence[float], spacing: Sequence[float]) -> tuple[float, float, float]:
+    """The 3D spacing a case is resampled to, given the plans' ``target_spacing`` and the case's own ``spacing``
+    (both transposed): a 2D configuration's plans give the in-plane spacing only and keep the case's spacing
+    along the first axis (nnU-Net's ``DefaultPreprocessor``: ``[original_spacing[0], *target_spacing]``)."""
+    if len(target_spacing) == 2:
+        return float(spacing[0]), float(target_spacing[0]), float(target_spacing[1])
+    if len(target_spacing) != 3:
+        raise ValueError(f"target spacing {tuple(target_spacing)} must have 2 (2D) or 3 (3D) entries")
+    return tuple(float(s) for s in target_spacing)  # type: ignore[return-value]
+
+
 def resampled_shape(shape: Sequence[int], spacing: Sequence[float], plan: PreprocessPlan) -> tuple[int, int, int]:
     """Shape (transposed axes) of a canonical ``(z, y, x)`` grid resampled to the plan's spacing, uncropped."""
     order = plan.transpose_forward
-    return scaled_shape([shape[i] for i in order], [spacing[i] for i in order], plan.target_spacing)
+    sp = [spacing[i] for i in order]
+    return scaled_shape([shape[i] for i in order], sp, full_spacing(plan.target_spacing, sp))
 
 
 def check_grid(shape: Sequence[int], spacing: Sequence[float], plan: PreprocessPlan,

@@ -7,6 +7,7 @@ plans' ``arch_kwargs``), takes its encoder and decoder, and adds the head select
 
     seg, cls_logits = net(x)      # x [B,1,D,H,W]; seg [B,3,D,H,W] (a list, highest resolution first,
                                   # with deep supervision); cls_logits [B,3]
+                                  # (a 2d configuration: x [B,1,H,W], seg [B,3,H,W])
 
 The module exposes ``encoder`` and ``decoder`` with nnU-Net's names, so nnU-Net's trainer hooks
 (``set_deep_supervision_enabled``: ``network.decoder.deep_supervision``) work unchanged, and

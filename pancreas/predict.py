@@ -9,7 +9,8 @@ their masks) or a flat folder of ``*_0000.nii.gz`` / ``*.nii.gz`` images. When a
 * ``predictions.json``: the model(s), and per case the probabilities, volumes, per-stage timings and
   ``warnings`` (``[{"code", "message"}]``, see :mod:`pancreas.domain`; also logged).
 
-Several bundles are an ensemble over configurations: probabilities are averaged on the canonical grid.
+Several bundles are an ensemble over configurations (:mod:`pancreas.ensemble_engine`): probabilities are
+averaged on the canonical grid. So is one ensemble bundle.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from pancreas.engine import Engine, EngineConfig, predict_ensemble
+from pancreas.engine import Engine, EngineConfig
+from pancreas.ensemble_engine import ensemble_of
 from pancreas.errors import DatasetError
 from pancreas.nifti import read_volume
 from pancreas.quiz import SUBTYPE_CSV, case_id_of, is_image, is_nifti, mask_name, write_subtype_csv
@@ -64,14 +66,14 @@ def predict_cases(images: str | Path, out: str | Path, models: list[str | Path],
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     engines = [Engine.from_bundle(m, config) for m in models]
-    for engine in engines:
-        engine.warmup()
+    engine = ensemble_of(engines, config)
+    engine.warmup()
     results: dict[str, Any] = {}
     for cid, path in tqdm(cases, desc="cases", unit="case"):
         start = time.perf_counter()
         volume = read_volume(path)
         read_ms = (time.perf_counter() - start) * 1000.0
-        pred = predict_ensemble(engines, volume)
+        pred = engine.predict(volume)
         start = time.perf_counter()
         volume.write_mask(pred.mask, out / mask_name(cid))
         stages = {k: v for k, v in pred.timings_ms.items() if k != "total"}

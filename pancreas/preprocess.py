@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from pancreas.errors import BundleError
-from pancreas.grid import scaled_shape
+from pancreas.grid import full_spacing, scaled_shape
 
 logger = logging.getLogger(__name__)
 
@@ -63,10 +63,14 @@ class ResampleSpec:
 
 @dataclass(frozen=True)
 class PreprocessPlan:
-    """What the engine needs from nnU-Net's plans for one configuration."""
+    """What the engine needs from nnU-Net's plans for one configuration.
+
+    ``target_spacing`` is the plans' spacing as written: 3 entries, or for a 2D configuration 2 (in-plane),
+    the case keeping its own spacing along the first axis (:meth:`spacing_for`).
+    """
 
     transpose_forward: tuple[int, int, int]
-    target_spacing: tuple[float, float, float]  # transposed (network) axis order, as in the plans
+    target_spacing: tuple[float, ...]  # transposed (network) axis order, as in the plans
     normalization: str = "CTNormalization"
     use_mask_for_norm: bool = False
     intensity: dict[str, float] = field(default_factory=dict)
@@ -81,9 +85,9 @@ class PreprocessPlan:
         pm = PlansManager(copy.deepcopy(plans))
         cm = pm.get_configuration(configuration)
         c = cm.configuration
-        if len(cm.spacing) != 3:
-            raise BundleError(f"configuration {configuration!r} has spacing {cm.spacing}; the engine runs 3D "
-                              "configurations only (use 3d_fullres or 3d_lowres)")
+        if len(cm.spacing) not in (2, 3) or len(cm.spacing) != len(cm.patch_size):
+            raise BundleError(f"configuration {configuration!r} has spacing {cm.spacing} and patch "
+                              f"{cm.patch_size}; the engine runs 2D and 3D configurations (2 or 3 entries each)")
         schemes = list(cm.normalization_schemes)
         if len(schemes) != 1:
             raise BundleError(f"configuration {configuration!r} has {len(schemes)} input channels; the engine "
@@ -101,8 +105,16 @@ class PreprocessPlan:
     def transpose_backward(self) -> tuple[int, int, int]:
         return tuple(int(i) for i in np.argsort(self.transpose_forward))
 
+    @property
+    def is_2d(self) -> bool:
+        return len(self.target_spacing) == 2
+
+    def spacing_for(self, spacing: Sequence[float]) -> tuple[float, float, float]:
+        """The 3D spacing a case of (transposed) ``spacing`` is resampled to (:func:`pancreas.grid.full_spacing`)."""
+        return full_spacing(self.target_spacing, spacing)
+
     def with_spacing_factor(self, factor: float) -> PreprocessPlan:
-        """The same plan at a coarser (``factor`` > 1) target spacing, for coarse-to-fine."""
+        """The same plan at a coarser (``factor`` > 1) target spacing, for coarse-to-fine (a 2D plan: in-plane)."""
         return replace(self, target_spacing=tuple(s * factor for s in self.target_spacing))
 
 
@@ -114,7 +126,7 @@ class Preprocessed:
     bbox: Box  # crop applied to the transposed canonical array
     shape_before_crop: tuple[int, int, int]
     spacing: tuple[float, float, float]  # original spacing, transposed
-    target_spacing: tuple[float, float, float]
+    target_spacing: tuple[float, float, float]  # the 3D spacing of ``data`` (PreprocessPlan.spacing_for)
 
     @property
     def shape_after_crop(self) -> tuple[int, int, int]:
@@ -290,10 +302,11 @@ def preprocess(array: np.ndarray, spacing: Sequence[float], plan: PreprocessPlan
 
         nonzero = torch.from_numpy(binary_fill_holes(view != 0)).to(device)[None]
     x = normalize(x, plan, nonzero)
-    new_shape = compute_new_shape(x.shape[1:], sp, plan.target_spacing)
-    x = resample(x, new_shape, sp, plan.target_spacing, plan.data, clip=True)
+    target = plan.spacing_for(sp)
+    new_shape = compute_new_shape(x.shape[1:], sp, target)
+    x = resample(x, new_shape, sp, target, plan.data, clip=True)
     return Preprocessed(data=x.contiguous(), bbox=box, shape_before_crop=tuple(arr.shape), spacing=sp,
-                        target_spacing=plan.target_spacing)
+                        target_spacing=target)
 
 
 def logits_to_crop(logits: torch.Tensor, pre: Preprocessed, plan: PreprocessPlan) -> torch.Tensor:

@@ -12,6 +12,11 @@ This mirrors nnU-Net v2's ``nnUNetPredictor.predict_sliding_window_return_logits
   passes for 3 axes) and the logits are averaged, exactly like nnU-Net; class logits are averaged over
   the same passes.
 
+A 2D network runs on the slice patch ``(1, h, w)`` (:mod:`pancreas.patch`): a unit patch axis is tiled at
+every index (nnU-Net predicts every slice), the Gaussian is nnU-Net's 2D one over ``(h, w)``, mirroring
+skips the unit axis (nnU-Net mirrors a 2D network in-plane only) and batches hold
+:func:`pancreas.patch.tiles_per_batch` slices.
+
 Unlike nnU-Net, tiles run in batches of ``batch_size`` (``backend.max_batch`` at most), and the
 backend also returns class logits per tile. The case's subtype probabilities are the tiles' class
 softmax averaged with weights equal to each tile's predicted foreground mass (sum over voxels of the
@@ -38,6 +43,7 @@ import numpy as np
 import torch
 
 from pancreas.errors import JobCancelled
+from pancreas.patch import tiles_per_batch
 
 logger = logging.getLogger(__name__)
 
@@ -48,9 +54,9 @@ FOREGROUND_CHANNELS = (1, 2)  # pancreas, lesion: their softmax mass weights the
 class WindowConfig:
     """Sliding-window options (see the module docstring)."""
 
-    patch_size: tuple[int, int, int]
+    patch_size: tuple[int, int, int]  # a 2D network's: (1, h, w)
     step_size: float = 0.5
-    batch_size: int = 2
+    batch_size: int = 2  # EngineConfig.batch_size: patches per call, x SLICE_BATCH_FACTOR for slices
     tta: bool = False
     mirror_axes: tuple[int, ...] = (0, 1, 2)
     sigma_scale: float = 1.0 / 8
@@ -79,6 +85,9 @@ class WindowResult:
 def _gaussian_np(patch_size: tuple[int, ...], sigma_scale: float, value_scaling: float) -> np.ndarray:
     from scipy.ndimage import gaussian_filter
 
+    if 1 in patch_size and len(patch_size) > 1:  # a slice patch: nnU-Net's Gaussian over the other axes
+        inner = _gaussian_np(tuple(p for p in patch_size if p != 1) or (1,), sigma_scale, value_scaling)
+        return inner.reshape(patch_size)
     tmp = np.zeros(patch_size)
     tmp[tuple(p // 2 for p in patch_size)] = 1
     g = gaussian_filter(tmp, [p * sigma_scale for p in patch_size], 0, mode="constant", cval=0)
@@ -94,11 +103,15 @@ def gaussian_importance(patch_size: Sequence[int], sigma_scale: float = 1.0 / 8,
 
 
 def compute_steps(image_size: Sequence[int], patch_size: Sequence[int], step_size: float) -> list[list[int]]:
-    """nnU-Net's ``compute_steps_for_sliding_window`` (the image must be at least the patch size)."""
+    """nnU-Net's ``compute_steps_for_sliding_window`` (the image must be at least the patch size); a unit
+    patch axis (a 2D network's slice axis) starts a tile at every index, as nnU-Net's 2D prediction does."""
     steps = []
     for size, patch in zip(image_size, patch_size):
         if size < patch:
             raise ValueError(f"image size {tuple(image_size)} is smaller than the patch {tuple(patch_size)}; pad it")
+        if patch == 1:
+            steps.append(list(range(int(size))))
+            continue
         n = int(np.ceil((size - patch) / (patch * step_size))) + 1
         stride = (size - patch) / (n - 1) if n > 1 else 0
         steps.append([int(np.round(stride * i)) for i in range(n)])
@@ -149,7 +162,8 @@ def _run(backend: Any, batch: torch.Tensor, native: bool) -> tuple[torch.Tensor,
 def predict_tiles(backend: Any, batch: torch.Tensor, config: WindowConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Run one batch ``[B, 1, *patch]``, with mirroring TTA if configured; returns averaged logits."""
     native = bool(getattr(backend, "accepts_tensors", False))
-    combos = mirror_combinations([a + 2 for a in config.mirror_axes]) if config.tta else [()]
+    axes = [a + 2 for a in config.mirror_axes if config.patch_size[a] > 1]  # flipping a unit axis is a no-op
+    combos = mirror_combinations(axes) if config.tta else [()]
     seg_sum = cls_sum = None
     for axes in combos:
         x = torch.flip(batch, axes) if axes else batch
@@ -176,7 +190,7 @@ def sliding_window(image: torch.Tensor, backend: Any, config: WindowConfig, *,
     device = image.device
     padded, unpad = pad_to(image, config.patch_size)
     tiles = tile_slices(padded.shape[1:], config.patch_size, config.step_size)
-    batch_size = max(1, min(config.batch_size, int(getattr(backend, "max_batch", config.batch_size))))
+    batch_size = window_batch(config.batch_size, config.patch_size, backend)
     gauss = gaussian_importance(config.patch_size, config.sigma_scale, device=device)
     logits: torch.Tensor | None = None
     weights = torch.zeros(padded.shape[1:], dtype=torch.float32, device=device)
@@ -206,13 +220,20 @@ def sliding_window(image: torch.Tensor, backend: Any, config: WindowConfig, *,
                         foreground_mass=total if total > 1e-6 else 0.0, n_tiles=len(tiles))
 
 
+def window_batch(batch_size: int, patch_size: Sequence[int], backend: Any) -> int:
+    """Patches per backend call: :func:`pancreas.patch.tiles_per_batch`, at most ``backend.max_batch``."""
+    wanted = tiles_per_batch(batch_size, patch_size)
+    return max(1, min(wanted, int(getattr(backend, "max_batch", wanted))))
+
+
 def _foreground_mass(seg: torch.Tensor) -> torch.Tensor:
-    """Per tile: summed softmax probability of the foreground channels, on every 2nd voxel per axis
+    """Per tile: summed softmax probability of the foreground channels, on every 2nd voxel per (non-unit) axis
     (a weight, not a measurement: subsampling makes it 8x cheaper and changes nothing that matters)."""
-    sub = seg[:, :, ::2, ::2, ::2]
+    steps = [2 if n > 1 else 1 for n in seg.shape[2:]]
+    sub = seg[(slice(None), slice(None), *(slice(None, None, k) for k in steps))]
     probs = torch.softmax(sub, dim=1)
     fg = [c for c in FOREGROUND_CHANNELS if c < probs.shape[1]]
-    return probs[:, fg].sum(dim=tuple(range(1, probs.ndim))).double() * 8.0
+    return probs[:, fg].sum(dim=tuple(range(1, probs.ndim))).double() * float(np.prod(steps))
 
 
 def _progress(total: int, enabled: bool) -> Any:

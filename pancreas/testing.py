@@ -24,7 +24,16 @@ from typing import Any
 import numpy as np
 
 from pancreas import LABELS
-from pancreas.bundle import Artifact, Bundle, BundleMetadata, HeadConfig, NetworkConfig, provenance
+from pancreas.bundle import (
+    Artifact,
+    Bundle,
+    BundleMetadata,
+    HeadConfig,
+    NetworkConfig,
+    input_channels,
+    provenance,
+    resolve_configuration,
+)
 from pancreas.errors import PancreasError
 
 _ARCH_IMPORTS = ["conv_op", "norm_op", "dropout_op", "nonlin"]
@@ -38,27 +47,37 @@ REAL_CT = SHARED_DATA / "real" / "totalseg_example_ct.nii.gz"
 QUIZ_REAL = SHARED_DATA / "quiz-real"
 
 
-def tiny_plans(*, patch_size: tuple[int, int, int] = (32, 64, 64),
-               spacing: tuple[float, float, float] = (2.0, 1.5, 1.5),
+def tiny_plans(*, configuration: str = "3d_fullres", patch_size: tuple[int, ...] | None = None,
+               spacing: tuple[float, ...] | None = None,
                features: tuple[int, ...] = (8, 16, 32, 64), residual: bool = False,
                convs_per_stage: int = 2) -> dict[str, Any]:
-    """An nnU-Net v2 plans dict (one ``3d_fullres`` configuration) for tiny networks.
+    """An nnU-Net v2 plans dict with one configuration, named ``configuration``, for tiny networks.
 
-    ``residual`` selects ResidualEncoderUNet (``convs_per_stage`` residual blocks per encoder stage) instead
-    of PlainConvUNet (``convs_per_stage`` convolutions per stage).
+    ``configuration="2d"`` gives nnU-Net's 2D configuration (Conv2d network, 2-entry ``patch_size`` and in-plane
+    ``spacing``, default ``(64, 64)`` at ``(1.5, 1.5)`` mm); any other name a 3D one (default patch
+    ``(32, 64, 64)`` at ``(2.0, 1.5, 1.5)`` mm). ``residual`` selects ResidualEncoderUNet (``convs_per_stage``
+    residual blocks per encoder stage) instead of PlainConvUNet (``convs_per_stage`` convolutions per stage).
     """
     n = len(features)
+    two_d = configuration == "2d"
+    patch_size = patch_size or ((64, 64) if two_d else (32, 64, 64))
+    spacing = spacing or ((1.5, 1.5) if two_d else (2.0, 1.5, 1.5))
+    if len(patch_size) != len(spacing) or len(patch_size) != (2 if two_d else 3):
+        raise ValueError(f"configuration {configuration!r} needs {2 if two_d else 3}-entry patch_size and spacing, "
+                         f"got {patch_size} and {spacing}")
     cls, blocks_key = (("ResidualEncoderUNet", "n_blocks_per_stage") if residual
                        else ("PlainConvUNet", "n_conv_per_stage"))
-    strides = [[1, 1, 1]] + [[1, 2, 2]] + [[2, 2, 2]] * (n - 2)
-    kernels = [[1, 3, 3]] + [[3, 3, 3]] * (n - 1)
+    if two_d:
+        strides, kernels, dim = [[1, 1]] + [[2, 2]] * (n - 1), [[3, 3]] * n, 2
+    else:
+        strides, kernels, dim = [[1, 1, 1]] + [[1, 2, 2]] + [[2, 2, 2]] * (n - 2), [[1, 3, 3]] + [[3, 3, 3]] * (n - 1), 3
     resample = {"order_z": 0, "force_separate_z": None}
     config = {
-        "data_identifier": "nnUNetPlansTiny_3d_fullres",
+        "data_identifier": f"nnUNetPlansTiny_{configuration}",
         "preprocessor_name": "DefaultPreprocessor",
-        "batch_size": 2,
+        "batch_size": 12 if two_d else 2,
         "patch_size": list(patch_size),
-        "median_image_size_in_voxels": [64, 58, 87],
+        "median_image_size_in_voxels": [58, 87] if two_d else [64, 58, 87],
         "spacing": list(spacing),
         "normalization_schemes": ["CTNormalization"],
         "use_mask_for_norm": [False],
@@ -73,13 +92,13 @@ def tiny_plans(*, patch_size: tuple[int, int, int] = (32, 64, 64),
             "arch_kwargs": {
                 "n_stages": n,
                 "features_per_stage": list(features),
-                "conv_op": "torch.nn.modules.conv.Conv3d",
+                "conv_op": f"torch.nn.modules.conv.Conv{dim}d",
                 "kernel_sizes": kernels,
                 "strides": strides,
                 blocks_key: [convs_per_stage] * n,
                 "n_conv_per_stage_decoder": [convs_per_stage] * (n - 1),
                 "conv_bias": True,
-                "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+                "norm_op": f"torch.nn.modules.instancenorm.InstanceNorm{dim}d",
                 "norm_op_kwargs": {"eps": 1e-05, "affine": True},
                 "dropout_op": None,
                 "dropout_op_kwargs": None,
@@ -98,7 +117,7 @@ def tiny_plans(*, patch_size: tuple[int, int, int] = (32, 64, 64),
         "image_reader_writer": "SimpleITKIO",
         "transpose_forward": [0, 1, 2],
         "transpose_backward": [0, 1, 2],
-        "configurations": {"3d_fullres": config},
+        "configurations": {configuration: config},
         "experiment_planner_used": "TinyPlanner",
         "label_manager": "LabelManager",
         "foreground_intensity_properties_per_channel": {
@@ -158,18 +177,24 @@ def tiny_dataset_json(num_training: int = 0) -> dict[str, Any]:
 
 
 def make_random_bundle(root: str | Path, *, seed: int = 0, head: str = "mask", folds: int = 1,
-                       plans: dict[str, Any] | None = None, name: str = "random-tiny") -> Bundle:
-    """Write a bundle with random-init weights of the real multi-task network and return it loaded."""
+                       plans: dict[str, Any] | None = None, name: str = "random-tiny",
+                       configuration: str = "3d_fullres", previous_stage: str | None = None) -> Bundle:
+    """Write a bundle with random-init weights of the real multi-task network and return it loaded.
+
+    ``configuration`` names the plans' configuration the bundle runs (``"2d"``: a 2D network; without
+    ``plans``, :func:`tiny_plans` of that configuration).
+    """
     import torch
 
     from pancreas.network import build_network
 
     root = Path(root)
-    plans = copy.deepcopy(plans) if plans is not None else tiny_plans()
-    net_config = NetworkConfig(head=HeadConfig(variant=head))
+    plans = copy.deepcopy(plans) if plans is not None else tiny_plans(configuration=configuration)
+    net_config = NetworkConfig(configuration=configuration, head=HeadConfig(variant=head),
+                               input_channels=input_channels(plans, configuration))
     (root / "models").mkdir(parents=True, exist_ok=True)
     artifacts = []
-    patch = plans["configurations"][net_config.configuration]["patch_size"]
+    patch = resolve_configuration(plans, configuration)["patch_size"]
     for fold in range(folds):
         torch.manual_seed(seed + fold)
         net = build_network(plans, net_config, deep_supervision=False)
@@ -177,9 +202,33 @@ def make_random_bundle(root: str | Path, *, seed: int = 0, head: str = "mask", f
         torch.save(net.state_dict(), root / rel)
         artifacts.append(Artifact(kind="torch", path=rel, precision="fp32", fold=fold, patch_size=list(patch)))
     meta = BundleMetadata(name=name, description="random-init test bundle (meaningless predictions)",
-                          network=net_config, artifacts=artifacts,
+                          network=net_config, artifacts=artifacts, previous_stage=previous_stage,
                           provenance=provenance(f"pancreas.testing.make_random_bundle(seed={seed})"))
     return Bundle.write(root, meta, plans, tiny_dataset_json())
+
+
+def cascade_plans(*, lowres_factor: float = 2.0, lowres_patch: tuple[int, int, int] = (16, 32, 32),
+                  **kwargs: Any) -> dict[str, Any]:
+    """:func:`tiny_plans` plus ``3d_lowres`` (``lowres_factor`` x the spacing) and ``3d_cascade_fullres``, linked
+    by ``next_stage`` / ``previous_stage`` as nnU-Net's planner links them."""
+    plans = tiny_plans(**kwargs)
+    low = copy.deepcopy(plans["configurations"]["3d_fullres"])
+    low.update(data_identifier="nnUNetPlansTiny_3d_lowres", patch_size=list(lowres_patch), next_stage="3d_cascade_fullres",
+               spacing=[s * lowres_factor for s in low["spacing"]])
+    plans["configurations"].update({"3d_lowres": low, "3d_cascade_fullres": {"inherits_from": "3d_fullres",
+                                                                             "previous_stage": "3d_lowres"}})
+    return plans
+
+
+def make_random_cascade_bundle(root: str | Path, *, seed: int = 0, head: str = "mask", folds: int = 1,
+                               plans: dict[str, Any] | None = None, name: str = "random-cascade") -> Bundle:
+    """A random-init ``3d_cascade_fullres`` bundle with its ``3d_lowres`` stage nested in ``stages/3d_lowres``."""
+    plans = plans if plans is not None else cascade_plans()
+    rel = "stages/3d_lowres"
+    make_random_bundle(Path(root) / rel, seed=seed + 100, head=head, folds=folds, plans=plans, name=f"{name}-3d_lowres",
+                       configuration="3d_lowres")
+    return make_random_bundle(root, seed=seed, head=head, folds=folds, plans=plans, name=name,
+                              configuration="3d_cascade_fullres", previous_stage=rel)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -10,7 +10,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.errors import ServiceError
-from service.metrics import ServiceMetrics
+from service.prometheus import ServiceMetrics
 from service.settings import Settings
 from service.worker import ModelWorker
 

@@ -35,6 +35,7 @@ class Served:
     mask_gz: bytes
     timings: Timings
     model: ModelSummary
+    parts_ms: dict[str, dict[str, float]]  # per ensemble member / cascade stage: its engine stages and total
 
 
 def model_summary(worker: ModelWorker) -> ModelSummary:
@@ -70,4 +71,6 @@ async def predict_upload(request: Request, settings: Settings, worker: ModelWork
     engine_ms = {k: float(job.prediction.timings_ms.get(k, 0.0)) for k in ENGINE_STAGES}
     timings = Timings(read=(read_done - started) * 1e3, queue=job.queue_ms, **engine_ms,
                       encode=(encoded - predicted) * 1e3, total=(encoded - started) * 1e3)
-    return Served(job.prediction, mask_gz, timings, model_summary(worker))
+    parts = {name: {k: float(v) for k, v in ms.items() if k in ENGINE_STAGES or k == "total"}
+             for name, ms in job.prediction.parts_ms.items()}
+    return Served(job.prediction, mask_gz, timings, model_summary(worker), parts)

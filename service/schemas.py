@@ -47,6 +47,20 @@ class ModelSummary(BaseModel):
     precision: str
 
 
+class MemberInfo(BaseModel):
+    """One member of an ensemble bundle (a model of one configuration, e.g. ``3d_fullres`` or ``2d``)."""
+
+    name: str = Field(description="the member's folder name in the ensemble bundle (members/<name>/)")
+    configuration: str
+    bundle: str = Field(description="the member bundle's metadata name")
+    version: str
+    backend: str
+    precision: str
+    device: str
+    patch_size: list[int] | None = None
+    folds: int
+
+
 class InputWarningOut(BaseModel):
     """A reason the result may be wrong: the input or the prediction is unlike the model's training data."""
 
@@ -60,6 +74,10 @@ class PredictResponse(BaseModel):
     probabilities: list[float] = Field(description="softmax probability of each subtype")
     volumes_ml: VolumesMl
     timings_ms: Timings
+    parts_ms: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="an ensemble's (or cascade's) parts: each part's own engine stage "
+        "timings (ms, with its `total`), keyed by part name; `timings_ms` holds their sums. Empty for a single "
+        "model")
     model: ModelSummary
     warnings: list[InputWarningOut] = Field(
         default_factory=list, description="empty when the input looks like the training data; otherwise one "
@@ -90,6 +108,9 @@ class ModelInfo(BaseModel):
     device: str
     patch_size: list[int] | None = None
     engine: dict[str, Any] = Field(description="the engine's own description (engine.info)")
+    members: list[MemberInfo] = Field(
+        default_factory=list, description="an ensemble bundle's members, averaged on the input grid; empty for a "
+        "single model")
     training_data: dict[str, Any] = Field(
         default_factory=dict, description="what the model was trained and validated on "
         "(metadata.training_data): case counts per source, tasks, licence note, and `domain`, the input "

@@ -28,6 +28,7 @@ from service.settings import Settings
 if TYPE_CHECKING:
     from pancreas.bundle import Bundle
     from pancreas.engine import Engine, Prediction
+    from pancreas.ensemble_engine import EnsembleEngine
     from pancreas.nifti import Volume
 
 logger = logging.getLogger(__name__)
@@ -51,8 +52,8 @@ class Job:
     run_ms: float
 
 
-def build_engine(settings: Settings, bundle: Bundle) -> Engine:
-    """An :class:`~pancreas.engine.Engine` for ``bundle`` configured from ``settings``."""
+def load_engine(settings: Settings, bundle: Bundle) -> Engine | EnsembleEngine:
+    """The engine for ``bundle`` configured from ``settings`` (an ensemble bundle: an ensemble engine)."""
     from pancreas.engine import Engine
 
     return Engine.from_bundle(bundle, settings.engine_config())
@@ -65,7 +66,7 @@ class ModelWorker:
         self.settings = settings
         self.state: State = "loading"
         self.error: str | None = None
-        self.engine: Engine | None = None
+        self.engine: Engine | EnsembleEngine | None = None
         self.bundle: Bundle | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pancreas-model")
         self._lock = threading.Lock()
@@ -92,12 +93,12 @@ class ModelWorker:
         self.state = "ready"
         logger.info("model ready: %s", self.engine.info)
 
-    def _load(self) -> Engine:
+    def _load(self) -> Engine | EnsembleEngine:
         from pancreas.bundle import Bundle
 
         started = time.perf_counter()
         self.bundle = Bundle.load(self.settings.bundle_path())
-        engine = build_engine(self.settings, self.bundle)
+        engine = load_engine(self.settings, self.bundle)
         if self.settings.warmup:
             engine.warmup()
         logger.info("engine loaded and warmed up in %.1f s", time.perf_counter() - started)

@@ -8,10 +8,15 @@ described by the fold's ``network_config.json`` and the plans, and writes::
     OUT/configs/plans.json        the plans the folds were trained with
     OUT/configs/dataset.json
     OUT/configs/metadata.json     NetworkConfig incl. head, label map, CV metrics, provenance (incl. command)
+
+A cascade stage (``3d_cascade_fullres``: its plans name a ``previous_stage``) also gets the previous stage's
+folds (same folds, trainer and plans) exported as a complete nested bundle in ``OUT/stages/<previous>/``,
+named by ``metadata.previous_stage``.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import shutil
@@ -20,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from pancreas.bundle import Artifact, Bundle, BundleMetadata, NetworkConfig, provenance
 from pancreas.domain import measure
@@ -73,8 +79,11 @@ def export_bundle(dataset: str | int, *, configuration: str, folds: Sequence[int
     if out.exists():
         shutil.rmtree(out)
     (out / "models").mkdir(parents=True)
+    previous = _export_previous_stage(dataset, plans, configuration, folds=folds, plans_identifier=plans_identifier,
+                                      out=out, da5=da5, checkpoint=checkpoint, name=name, trainer_name=trainer_name,
+                                      command=command, licence_note=licence_note)
     artifacts, fold_metrics, config = [], {}, None
-    patch = list(plans["configurations"][configuration]["patch_size"])
+    patch = [int(p) for p in PlansManager(copy.deepcopy(plans)).get_configuration(configuration).patch_size]
     for fold, folder in zip(folds, folders):
         state, fold_cfg, fmetrics = read_fold(folder, checkpoint)
         if config is not None and fold_cfg != config:
@@ -91,10 +100,22 @@ def export_bundle(dataset: str | int, *, configuration: str, folds: Sequence[int
     meta = BundleMetadata(name=name or f"{plans['dataset_name']}-{configuration}", description=description,
                           network=config, artifacts=artifacts, metrics=all_metrics, inference=inference or {},
                           training_data=describe_training_data(dataset, folders[0], licence_note),
-                          provenance=provenance(command))
+                          previous_stage=previous, provenance=provenance(command))
     bundle = Bundle.write(out, meta, plans, dataset_json)
     logger.info("exported %d fold(s) to %s", len(artifacts), out)
     return bundle
+
+
+def _export_previous_stage(dataset: str | int, plans: dict[str, Any], configuration: str, *, out: Path,
+                           name: str | None, **kwargs: Any) -> str | None:
+    """Export a cascade stage's previous stage into ``out/stages/<previous>``; its folder (None: no cascade)."""
+    previous = plans["configurations"][configuration].get("previous_stage")
+    if previous is None:
+        return None
+    rel = f"stages/{previous}"
+    export_bundle(dataset, configuration=previous, out=out / rel, name=f"{name}-{previous}" if name else None,
+                  **kwargs)
+    return rel
 
 
 def describe_training_data(dataset: str | int, fold_folder: Path, licence_note: str) -> dict[str, Any]:

@@ -24,7 +24,7 @@ import numpy as np
 
 from pancreas.backends import create_backend, resolve, select_artifacts
 from pancreas.bundle import Bundle
-from pancreas.engine import Engine, EngineConfig
+from pancreas.engine import Engine, EngineConfig, Prediction
 from pancreas.errors import DatasetError
 from pancreas.evaluation import jsonable, score_case, summarize_rows
 from pancreas.metrics import macro_f1
@@ -146,12 +146,47 @@ def plot_cases(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
 
 
 def fold_engines(bundle: Bundle, config: EngineConfig) -> dict[str, Engine]:
-    """One engine per fold artifact of the kind the config's backend runs (``{fold: engine}``)."""
+    """One engine per fold artifact of the kind the config's backend runs (``{fold: engine}``); a cascade's fold-k
+    engine runs fold k of both stages."""
     arts = select_artifacts(bundle, *resolve(bundle, config))  # precision may be auto
-    engines = {str(a.fold): Engine(bundle, config, create_backend(bundle, config, artifact=a)) for a in arts}
+    previous = fold_engines(bundle.previous_stage, config) if bundle.previous_stage is not None else {}
+    lacking = sorted(str(a.fold) for a in arts if previous and str(a.fold) not in previous)
+    if lacking:
+        raise DatasetError(f"cascade {bundle.root}: fold(s) {lacking} have no fold in its previous stage "
+                           f"{bundle.metadata.previous_stage} (it has {sorted(previous)}); export both stages' folds")
+    engines = {str(a.fold): Engine(bundle, config, create_backend(bundle, config, artifact=a),
+                                   previous=previous.get(str(a.fold))) for a in arts}
     if not engines:
         raise DatasetError(f"bundle {bundle.root} has no fold artifacts for backend {config.backend!r}")
     return engines
+
+
+def check_folds(engines: Mapping[str, Any], splits: Sequence[Mapping[str, Any]], where: str | Path) -> None:
+    """Refuse fold engines without a split in ``splits`` (out-of-fold needs integer folds of that dataset)."""
+    missing = [f for f in engines if not f.isdigit() or int(f) >= len(splits)]
+    if missing:
+        raise DatasetError(f"fold(s) {missing} of {where} have no split in splits_final.json "
+                           f"({len(splits)} folds); out-of-fold needs integer folds of the same dataset")
+
+
+def case_files(raw: Path, case: str) -> tuple[Path, Path]:
+    """``(image, label)`` of a training case of the raw dataset ``raw``; DatasetError when either is missing."""
+    image, label = raw / "imagesTr" / image_name(case), raw / "labelsTr" / mask_name(case)
+    if not image.is_file() or not label.is_file():
+        raise DatasetError(f"{image} or {label} is missing; is {raw} the dataset the bundle was trained on?")
+    return image, label
+
+
+def score_row(pred: Prediction, pred_path: Path, label: Path, *, fold: str, subtypes: Mapping[str, int],
+              sources: Mapping[str, str], scored_sources: Sequence[str] | None) -> dict[str, Any]:
+    """One out-of-fold row: the written mask ``pred_path`` scored against ``label``, with source and subtype."""
+    row = score_case(pred_path, label)
+    source = sources.get(row["case_id"], UNKNOWN)
+    row.update({"fold": fold, "source": source, "gt_subtype": subtypes.get(row["case_id"]),
+                "pred_subtype": pred.subtype, "probabilities": pred.probabilities,
+                "pancreas_ml": pred.volumes_ml["pancreas"],
+                "subtype_scored": scored_sources is None or source in scored_sources})
+    return row
 
 
 def out_of_fold(bundle: str | Path | Bundle, raw_dataset: str | Path, splits: Sequence[Mapping[str, Any]], *,
@@ -171,27 +206,17 @@ def out_of_fold(bundle: str | Path | Bundle, raw_dataset: str | Path, splits: Se
     bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
     raw, out = Path(raw_dataset), Path(out)
     engines = fold_engines(bundle, config or EngineConfig(backend="torch", device="cpu"))
-    missing = [f for f in engines if not f.isdigit() or int(f) >= len(splits)]
-    if missing:
-        raise DatasetError(f"fold(s) {missing} of {bundle.root} have no split in splits_final.json "
-                           f"({len(splits)} folds); out-of-fold needs integer folds of the same dataset")
+    check_folds(engines, splits, bundle.root)
     jobs = [(fold, case) for fold in engines for case in splits[int(fold)]["val"]]
     rows = []
     for fold, case in tqdm(jobs, desc="out-of-fold", unit="case"):
-        image, label = raw / "imagesTr" / image_name(case), raw / "labelsTr" / mask_name(case)
-        if not image.is_file() or not label.is_file():
-            raise DatasetError(f"{image} or {label} is missing; is {raw} the dataset the bundle was trained on?")
+        image, label = case_files(raw, case)
         volume = read_volume(image)
         pred = engines[fold].predict(volume)
         pred_path = out / "masks" / mask_name(case)
         volume.write_mask(pred.mask, pred_path)
-        row = score_case(pred_path, label)
-        source = sources.get(case, UNKNOWN)
-        row.update({"fold": fold, "source": source, "gt_subtype": subtypes.get(case),
-                    "pred_subtype": pred.subtype, "probabilities": pred.probabilities,
-                    "pancreas_ml": pred.volumes_ml["pancreas"],
-                    "subtype_scored": scored_sources is None or source in scored_sources})
-        rows.append(row)
+        rows.append(score_row(pred, pred_path, label, fold=fold, subtypes=subtypes, sources=sources,
+                              scored_sources=scored_sources))
     report = OOFReport(rows, str(bundle.root))
     report.write(out)
     return report

@@ -9,7 +9,14 @@ The tiny planners subclass nnU-Net's planners and override hooks only:
 * ``get_plans_for_configuration``: plans on a median shape capped to ``TinyOptions.max_patch_voxels``
   (so the patch is small), then keeps at most ``max_stages`` resolution stages and sets the batch size;
 * ``determine_fullres_target_spacing``: multiplies nnU-Net's target spacing by ``spacing_factor``;
-* ``__init__``: base/max feature widths and decoder depth.
+* ``__init__``: base/max feature widths and decoder depth;
+* ``plan_experiment``: with ``TinyOptions.lowres_factor`` set, adds a ``3d_lowres`` configuration at that
+  factor x the ``3d_fullres`` spacing and the ``3d_cascade_fullres`` configuration, linked by
+  ``next_stage`` / ``previous_stage`` as nnU-Net links them (nnU-Net plans low-res only when the full-res
+  patch covers a small share of the median image, which the tiny patch caps never let happen).
+
+Preprocessing runs once per data identifier: ``3d_cascade_fullres`` inherits ``3d_fullres``'s, so asking
+for it preprocesses the ``3d_fullres`` data (the cascade reads it plus the low-res stage's predictions).
 """
 
 from __future__ import annotations
@@ -35,7 +42,8 @@ from training.subtypes import SPLITS_FILE, SUBTYPES_FILE
 
 logger = logging.getLogger(__name__)
 
-CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres")
+CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres")
+CASCADE = ("3d_lowres", "3d_cascade_fullres")  # (previous stage, next stage), nnU-Net's names
 _STAGE_LISTS = ("features_per_stage", "kernel_sizes", "strides", "n_conv_per_stage", "n_blocks_per_stage")
 
 
@@ -49,8 +57,12 @@ class TinyOptions:
     max_patch_voxels: int = 40 * 56 * 56
     max_patch_pixels_2d: int = 96 * 96
     batch_size: int = 2
+    #: the ``2d`` configuration's batch (slices of at most ``max_patch_pixels_2d``: ~1/2 of a 3D step's voxels)
+    batch_size_2d: int = 8
     decoder_convs: int = 1
     spacing_factor: float = 1.0
+    #: plan ``3d_lowres`` at this factor x the ``3d_fullres`` spacing plus ``3d_cascade_fullres`` (None: nnU-Net's rule)
+    lowres_factor: float | None = None
 
 
 class _TinyMixin:
@@ -76,9 +88,36 @@ class _TinyMixin:
         plan = super().get_plans_for_configuration(spacing, capped, data_identifier,  # type: ignore[misc]
                                                    approximate_n_voxels_dataset, _cache)
         plan["median_image_size_in_voxels"] = median_shape
-        plan["batch_size"] = self.tiny.batch_size
+        plan["batch_size"] = self.tiny.batch_size_2d if len(spacing) == 2 else self.tiny.batch_size
         _truncate_stages(plan["architecture"]["arch_kwargs"], self.tiny.max_stages)
         return plan
+
+    def plan_experiment(self) -> dict:
+        plans = super().plan_experiment()  # type: ignore[misc]
+        if self.tiny.lowres_factor is not None:
+            _force_lowres(self, plans, self.tiny.lowres_factor)
+            self.save_plans(plans)  # type: ignore[attr-defined]
+        return plans
+
+
+def _force_lowres(planner: Any, plans: dict, factor: float) -> None:
+    """Add ``3d_lowres`` (at ``factor`` x the full-res spacing) and ``3d_cascade_fullres`` as nnU-Net does."""
+    configs = plans["configurations"]
+    full = configs.get("3d_fullres")
+    if full is None:
+        raise DatasetError("nnU-Net planned no 3d_fullres configuration, so there is no cascade to plan")
+    lowres, cascade = CASCADE
+    spacing = np.asarray(full["spacing"], dtype=float) * factor
+    median = np.asarray(full["median_image_size_in_voxels"], dtype=float) / factor
+    n_voxels = float(np.prod(median) * planner.dataset_json["numTraining"])
+    low = planner.get_plans_for_configuration(spacing, tuple(round(m) for m in median),
+                                              planner.generate_data_identifier(lowres), n_voxels, {})
+    low["batch_dice"], full["batch_dice"] = False, True  # nnU-Net's choice when both exist
+    low["next_stage"] = cascade
+    others = {k: v for k, v in configs.items() if k not in CASCADE}
+    plans["configurations"] = {**others, lowres: low, cascade: {"inherits_from": "3d_fullres", "previous_stage": lowres}}
+    logger.info("tiny planner: %s at %s x the 3d_fullres spacing (%s), patch %s; %s inherits 3d_fullres",
+                lowres, factor, [round(float(s), 3) for s in spacing], list(low["patch_size"]), cascade)
 
 
 def _cap_shape(shape: Any, max_voxels: int) -> np.ndarray:
@@ -165,6 +204,9 @@ def plan_and_preprocess(dataset: str | int, *, configurations: tuple[str, ...] =
         raise DatasetError(f"unknown configuration(s) {bad}; choose from {list(CONFIGURATIONS)}")
     if planner not in PLANNERS:
         raise DatasetError(f"unknown planner {planner!r}; choose from {sorted(PLANNERS)}")
+    factor = (tiny_options or TinyOptions()).lowres_factor
+    if factor is not None and (not tiny or factor <= 1):
+        raise DatasetError(f"lowres_factor {factor!r} needs the tiny planner (--tiny) and a factor > 1")
     paths = current()
     name = resolve_dataset(dataset, paths)
     if not (paths.raw / name / "dataset.json").is_file():
@@ -180,10 +222,7 @@ def plan_and_preprocess(dataset: str | int, *, configurations: tuple[str, ...] =
     plans_obj = planner_cls(name, **kwargs)
     plans = plans_obj.plan_experiment()
     identifier = plans_obj.plans_identifier
-    for cfg in configurations:
-        if cfg not in plans["configurations"]:
-            logger.warning("nnU-Net planned no %s configuration for %s; skipping it", cfg, name)
-            continue
+    for cfg in _to_preprocess(plans, configurations, name):
         DefaultPreprocessor(verbose=False).run(name, cfg, identifier, num_processes=num_processes)
     _copy_gt(name)
     plans_file = paths.preprocessed / name / f"{identifier}.json"
@@ -191,6 +230,20 @@ def plan_and_preprocess(dataset: str | int, *, configurations: tuple[str, ...] =
         logger.info("tiny planner options: %s", asdict(tiny_options or TinyOptions()))
     return PlanResult(name, identifier, plans_file,
                       {c: plans["configurations"][c] for c in configurations if c in plans["configurations"]})
+
+
+def _to_preprocess(plans: dict[str, Any], configurations: tuple[str, ...], name: str) -> list[str]:
+    """The requested configurations that nnU-Net planned, one per data identifier (a cascade's is 3d_fullres's)."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    manager, picked = PlansManager(plans), {}
+    for cfg in configurations:
+        if cfg not in plans["configurations"]:
+            hint = " (with --tiny, --lowres-factor F plans the cascade)" if cfg in CASCADE else ""
+            logger.warning("nnU-Net planned no %s configuration for %s; skipping it%s", cfg, name, hint)
+            continue
+        picked.setdefault(manager.get_configuration(cfg).data_identifier, cfg)
+    return list(picked.values())
 
 
 def _fingerprint(name: str, num_processes: int, verify: bool) -> None:

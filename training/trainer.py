@@ -13,6 +13,13 @@
 * ``perform_actual_validation``   -> our held-out evaluation (sliding window over the fold's validation cases,
   whole-pancreas DSC, lesion DSC, macro-F1) instead of nnUNetPredictor (which expects a single output).
 
+Cascade (nnU-Net's ``3d_lowres`` -> ``3d_cascade_fullres``, linked in the plans by ``next_stage`` /
+``previous_stage``): a stage with a next stage writes each validation case's prediction to
+``<output_folder_base>/predicted_next_stage/<next>/<case>`` with nnU-Net's ``resample_and_save`` (fold ``all``
+validates, so predicts, every case in-sample, as nnU-Net does); the cascade stage gets 1 CT channel plus one
+per foreground label (``determine_num_input_channels``), nnU-Net's loader and transforms bring the
+low-res predictions in (``folder_with_segs_from_previous_stage``) and its evaluation adds them one-hot.
+
 Subtypes come with each patch via ``batch['keys']`` (see :mod:`training.dataloading`). A patch that misses
 the lesion keeps its case's subtype but its classification loss is weighted by ``absent_lesion_weight``
 (:func:`training.losses.lesion_presence_weight`); the mask head pools the pancreas in that case.
@@ -34,6 +41,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from batchgenerators.utilities.file_and_folder_operations import join
+from nnunetv2.inference.export_prediction import resample_and_save
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.loss.dice import get_tp_fp_fn_tn
@@ -41,6 +50,7 @@ from nnunetv2.training.loss.robust_ce_loss import RobustCrossEntropyLoss
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerDA5 import nnUNetTrainerDA5
 from nnunetv2.utilities.collate_outputs import collate_outputs
+from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 from torch import autocast
 
 from pancreas import LABELS
@@ -63,6 +73,7 @@ from training.subtypes import SPLITS_FILE, read_quiz_splits, stratified_splits
 logger = logging.getLogger(__name__)
 
 QUIZ_FOLD = "quiz"  # pseudo-fold: train on the quiz's train split, validate on its validation split
+_SEG_FILES = (".b2nd", ".npz", ".npy")  # how nnU-Net's datasets store a previous stage's predictions
 
 
 @dataclass(frozen=True)
@@ -175,7 +186,22 @@ class MultiTaskTrainer(nnUNetTrainer):
 
     @property
     def network_config(self) -> NetworkConfig:
-        return NetworkConfig(configuration=self.configuration_name, head=self.options.head)
+        channels = determine_num_input_channels(self.plans_manager, self.configuration_manager, self.dataset_json)
+        return NetworkConfig(configuration=self.configuration_name, head=self.options.head, input_channels=channels)
+
+    def require_previous_stage(self, keys: list[str]) -> None:
+        """Refuse to run a cascade stage whose previous stage's predictions for ``keys`` are missing."""
+        if not self.is_cascaded:
+            return
+        folder = Path(self.folder_with_segs_from_previous_stage)
+        missing = [k for k in keys if not any((folder / f"{k}{ext}").is_file() for ext in _SEG_FILES)]
+        if missing:
+            prev = self.configuration_manager.previous_stage_name
+            raise DatasetError(
+                f"{self.configuration_name} needs the {prev} stage's predictions of its cases in {folder}; "
+                f"{len(missing)} are missing (e.g. {missing[0]}). Train {prev} first with the same trainer and plans "
+                f"(`pancreas train {self.plans_manager.dataset_name} --config {prev} --plans "
+                f"{self.plans_manager.plans_name}`, on fold 'all' or on every fold): its validation writes them")
 
     def print_to_log_file(self, *args: Any, also_print_to_console: bool = True, add_timestamp: bool = True) -> None:
         """nnU-Net's log file only; the console gets our per-epoch line (logging) instead."""
@@ -262,6 +288,8 @@ class MultiTaskTrainer(nnUNetTrainer):
         val_t = self.get_validation_transforms(ds_scales, is_cascaded=self.is_cascaded,
                                                foreground_labels=lm.foreground_labels, regions=None,
                                                ignore_label=lm.ignore_label)
+        tr_keys, val_keys = self.do_split()
+        self.require_previous_stage(list(tr_keys) + list(val_keys))
         ds_tr, ds_val = self.get_tr_and_val_datasets()
         kw = {"oversample_foreground_percent": self.oversample_foreground_percent, "sampling_probabilities": None,
               "pad_sides": None, "probabilistic_oversampling": self.probabilistic_oversampling,
@@ -374,16 +402,21 @@ class MultiTaskTrainer(nnUNetTrainer):
 
     # ---- held-out evaluation -------------------------------------------------------------------------
     def perform_actual_validation(self, save_probabilities: bool = False) -> dict[str, Any]:
-        """Sliding-window evaluation of this fold's validation cases (see :mod:`training.evaluation`)."""
-        from training.evaluation import evaluate_preprocessed
+        """Sliding-window evaluation of this fold's validation cases (see :mod:`training.holdout`)."""
+        from training.holdout import evaluate_preprocessed
 
         _, val_keys = self.do_split()
+        self.require_previous_stage(list(val_keys))
         self.set_deep_supervision_enabled(False)
         try:
             scored = {k: v for k, v in self.subtypes.items() if self.classifies(k)}
             metrics = evaluate_preprocessed(self._plain_network(), self.plans_manager.plans, self.configuration_name,
                                             self.preprocessed_dataset_folder, val_keys, scored,
-                                            device=self.device, sources=self.sources)
+                                            device=self.device, sources=self.sources,
+                                            previous_stage=self.folder_with_segs_from_previous_stage,
+                                            foreground_labels=self.label_manager.foreground_labels,
+                                            on_logits=self._export_next_stages
+                                            if self.configuration_manager.next_stage_names else None)
         finally:
             self.set_deep_supervision_enabled(True)
         with open(f"{self.output_folder}/validation_metrics.json", "w") as f:
@@ -392,6 +425,24 @@ class MultiTaskTrainer(nnUNetTrainer):
         logger.info("fold %s held-out (%d cases): whole DSC %.3f  lesion DSC %.3f  macro-F1 %.3f", self.fold,
                     s["n_cases"], s["dice_whole"], s["dice_lesion"], s["macro_f1"])
         return metrics
+
+    def _export_next_stages(self, key: str, logits: torch.Tensor, properties: dict[str, Any]) -> None:
+        """nnU-Net's next-stage export: ``logits`` resampled to each next stage's preprocessed grid, argmax."""
+        for stage in self.configuration_manager.next_stage_names or []:
+            manager = self.plans_manager.get_configuration(stage)
+            folder = join(self.preprocessed_dataset_folder_base, manager.data_identifier)
+            dataset_class = infer_dataset_class(folder)
+            try:
+                data, _, _, _ = dataset_class(folder, [key]).load_case(key)
+            except FileNotFoundError:
+                logger.warning("no preprocessed %s data for %s in %s; run `pancreas plan` for %s first", stage, key,
+                               folder, stage)
+                continue
+            out = Path(self.output_folder_base) / "predicted_next_stage" / stage
+            out.mkdir(parents=True, exist_ok=True)
+            resample_and_save(logits.cpu(), data.shape[1:], str(out / key), self.plans_manager,
+                              self.configuration_manager, properties, self.dataset_json, torch.get_num_threads(),
+                              dataset_class)
 
     def _plain_network(self) -> MultiTaskUNet:
         mod = self.network.module if self.is_ddp else self.network

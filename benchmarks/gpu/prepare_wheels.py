@@ -46,7 +46,7 @@ MARGIN = 2 * MIB
 PART_NAME = "wheels.tar.xz.part"
 #: the modules a GPU benchmark run imports (the suite, both runners, every backend it may use)
 PROBE_MODULES = (
-    "benchmarks.gpu.suite", "benchmarks.worker", "benchmarks.candidates", "benchmarks.nnunet_baseline",
+    "benchmarks.gpu.suite", "benchmarks.candidate_worker", "benchmarks.candidates", "benchmarks.nnunet_baseline",
     "benchmarks.plots", "pancreas.engine", "pancreas.testing", "pancreas.backends.torch_backend",
     "pancreas.backends.onnxruntime_backend", "nnunetv2.inference.predict_from_raw_data",
     "nnunetv2.inference.export_prediction", "nnunetv2.preprocessing.preprocessors.default_preprocessor",

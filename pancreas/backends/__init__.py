@@ -44,7 +44,7 @@ class Backend(Protocol):
     name: str
     precision: str
     device: str
-    patch_size: tuple[int, int, int]
+    patch_size: tuple[int, ...]  # (d, h, w); a 2D network's (h, w), seen as (1, h, w) through create_backend
     max_batch: int
 
     def __call__(self, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
@@ -214,7 +214,12 @@ def load_factory(name: str) -> Any:
 
 
 def create_backend(bundle: Bundle, config: EngineConfig, artifact: Artifact | None = None) -> Backend:
-    """Build the backend for ``config`` (one artifact, or every fold of the selected kind/precision)."""
+    """Build the backend for ``config`` (one artifact, or every fold of the selected kind/precision).
+
+    A 2D network's backends come wrapped for the sliding window (:mod:`pancreas.backends.slices`).
+    """
+    from pancreas.backends.slices import for_window
+
     name, precision = resolve(bundle, config)
     if (name, precision) != (config.backend, config.precision):
         logger.info("backend %s/%s resolved to %s at %s (bundle recommends %s)", config.backend, config.precision,
@@ -222,7 +227,7 @@ def create_backend(bundle: Bundle, config: EngineConfig, artifact: Artifact | No
         config = replace(config, precision=precision)
     factory = load_factory(name)
     if artifact is not None:
-        return factory(bundle, config, artifact)
+        return for_window(factory(bundle, config, artifact))
     arts = select_artifacts(bundle, name, config.precision)
     if not arts:
         kind = ARTIFACT_KINDS.get(name, name)
@@ -230,7 +235,7 @@ def create_backend(bundle: Bundle, config: EngineConfig, artifact: Artifact | No
         raise BundleError(f"bundle {bundle.root} has no {kind} artifact at precision {config.precision!r} for "
                           f"backend {name!r} (it has {have}); pick another backend/precision or run "
                           "`pancreas optimize`", code="bundle_incomplete")
-    members = [factory(bundle, config, art) for art in arts]
+    members = [for_window(factory(bundle, config, art)) for art in arts]
     if len(members) == 1:
         return members[0]
     from pancreas.backends.ensemble import EnsembleBackend
@@ -238,7 +243,7 @@ def create_backend(bundle: Bundle, config: EngineConfig, artifact: Artifact | No
     return EnsembleBackend(members)
 
 
-def patch_size_of(bundle: Bundle, artifact: Artifact | None = None) -> tuple[int, int, int]:
-    """The artifact's patch size if recorded, else the configuration's."""
+def patch_size_of(bundle: Bundle, artifact: Artifact | None = None) -> tuple[int, ...]:
+    """The network's patch size (3 entries, 2 for a 2D network): the artifact's if recorded, else the configuration's."""
     patch = (artifact.patch_size if artifact is not None else None) or bundle.configuration["patch_size"]
     return tuple(int(p) for p in patch)

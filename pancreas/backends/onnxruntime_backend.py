@@ -134,14 +134,15 @@ class OnnxRuntimeBackend:
     def _parse_io(self, path: str | Path, patch_size: Sequence[int] | None) -> None:
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         ranks = {len(o.shape): o.name for o in outputs}
-        if len(inputs) != 1 or len(inputs[0].shape) != 5 or 5 not in ranks or 2 not in ranks:
-            raise BundleError(f"ONNX artifact {path} must have one [B,1,D,H,W] input and outputs of rank 5 "
-                              f"(segmentation) and 2 (classes); it has inputs "
+        rank = len(inputs[0].shape) if len(inputs) == 1 else 0  # 5: a 3D network, 4: a 2D one ([B,1,H,W])
+        if rank not in (4, 5) or rank not in ranks or 2 not in ranks:
+            raise BundleError(f"ONNX artifact {path} must have one [B,1,D,H,W] (or 2D [B,1,H,W]) input and "
+                              f"outputs of the same rank (segmentation) and rank 2 (classes); it has inputs "
                               f"{[i.shape for i in inputs]}, outputs {[o.shape for o in outputs]}")
         inp = inputs[0]
         self.input_name = inp.name
         self.input_dtype = _DTYPES.get(inp.type, np.float32)
-        self.output_names = [ranks[5], ranks[2]]
+        self.output_names = [ranks[rank], ranks[2]]
         batch = inp.shape[0]
         self.fixed_batch = int(batch) if isinstance(batch, int) and batch > 0 else None
         self.max_batch = self.fixed_batch or DYNAMIC_MAX_BATCH

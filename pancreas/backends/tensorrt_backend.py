@@ -32,6 +32,7 @@ from pancreas.backends.tensorrt_build import (
 )
 from pancreas.bundle import Artifact, Bundle
 from pancreas.errors import BundleError
+from pancreas.patch import tiles_per_batch
 
 if TYPE_CHECKING:
     from pancreas.engine_config import EngineConfig
@@ -60,7 +61,7 @@ class TensorRTBackend:
     name = "tensorrt"
     accepts_tensors = True
 
-    def __init__(self, engine_path: str | Path, *, precision: str, patch_size: tuple[int, int, int],
+    def __init__(self, engine_path: str | Path, *, precision: str, patch_size: tuple[int, ...],
                  max_batch: int, device: str = "cuda") -> None:
         import torch
 
@@ -77,10 +78,12 @@ class TensorRTBackend:
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = {len(self.engine.get_tensor_shape(n)): n for n in names if n not in inputs}
-        if len(inputs) != 1 or 5 not in outputs or 2 not in outputs:
-            raise BundleError(f"TensorRT engine {engine_path} must have one input and rank-5/rank-2 outputs; "
-                              f"it has {names}", code="bundle_corrupt")
-        self.input_name, self.output_names = inputs[0], (outputs[5], outputs[2])
+        rank = len(self.engine.get_tensor_shape(inputs[0])) if len(inputs) == 1 else 0  # 5: 3D network, 4: 2D
+        if rank not in (4, 5) or rank not in outputs or 2 not in outputs:
+            raise BundleError(f"TensorRT engine {engine_path} must have one rank-5 (2D network: rank-4) input, a "
+                              f"segmentation output of its rank and a rank-2 output; it has {names}",
+                              code="bundle_corrupt")
+        self.input_name, self.output_names = inputs[0], (outputs[rank], outputs[2])
         self.device, self.precision = device, precision
         self.patch_size = tuple(int(p) for p in patch_size)
         self.max_batch = int(max_batch)
@@ -163,7 +166,7 @@ def create(bundle: Bundle, config: EngineConfig, artifact: Artifact) -> TensorRT
                                       "the onnxruntime/torch backend on CPU")
     device = resolve_device("cuda" if config.device == "auto" else config.device)
     engine_path, built = ensure_engine(bundle, artifact, device)
-    max_batch = int(artifact.info.get("build", {}).get("max_batch", config.batch_size))
+    patch = patch_size_of(bundle, artifact)
+    max_batch = tiles_per_batch(int(artifact.info.get("build", {}).get("max_batch", config.batch_size)), patch)
     logger.info("tensorrt backend: %s (%s) on %s", engine_path, built, device)
-    return TensorRTBackend(engine_path, precision=built, patch_size=patch_size_of(bundle, artifact),
-                           max_batch=max_batch, device=device)
+    return TensorRTBackend(engine_path, precision=built, patch_size=patch, max_batch=max_batch, device=device)

@@ -29,6 +29,7 @@ from typing import Any
 
 from pancreas.bundle import sha256_of
 from pancreas.errors import PancreasError
+from pancreas.patch import tiles_per_batch
 
 logger = logging.getLogger(__name__)
 
@@ -155,14 +156,22 @@ def _precision_flags(trt: Any, builder: Any, config: Any, build: TrtBuildConfig)
     return flags
 
 
+def profile_batches(build: TrtBuildConfig, patch: list[int]) -> tuple[int, int]:
+    """(opt, max) batch of the optimization profile: ``build``'s, in slices for a 2D network
+    (:func:`pancreas.patch.tiles_per_batch`, the rule the sliding window batches by)."""
+    top = tiles_per_batch(build.max_batch, patch)
+    return max(1, min(tiles_per_batch(build.opt_batch, patch), top)), top
+
+
 def _profile(builder: Any, network: Any, build: TrtBuildConfig) -> tuple[Any, list[int]]:
-    shape = list(network.get_input(0).shape)  # [-1, 1, D, H, W]
-    if network.get_input(0).name != INPUT_NAME or len(shape) != 5:
-        raise TensorRTError(f"ONNX input is {network.get_input(0).name} {shape}; expected '{INPUT_NAME}' [B,1,D,H,W]")
-    patch = [int(s) for s in shape[2:]]
+    shape = list(network.get_input(0).shape)  # [-1, C, D, H, W] (a 2D network: [-1, C, H, W]); C = 3 for a cascade
+    if network.get_input(0).name != INPUT_NAME or len(shape) not in (4, 5) or int(shape[1]) < 1:
+        raise TensorRTError(f"ONNX input is {network.get_input(0).name} {shape}; expected '{INPUT_NAME}' "
+                            "[B,C,D,H,W] (or [B,C,H,W] for a 2D network) with a fixed channel count C")
+    channels, patch = int(shape[1]), [int(s) for s in shape[2:]]
     profile = builder.create_optimization_profile()
-    opt = max(1, min(build.opt_batch, build.max_batch))
-    profile.set_shape(INPUT_NAME, (1, 1, *patch), (opt, 1, *patch), (build.max_batch, 1, *patch))
+    opt, top = profile_batches(build, patch)
+    profile.set_shape(INPUT_NAME, (1, channels, *patch), (opt, channels, *patch), (top, channels, *patch))
     return profile, patch
 
 
@@ -220,8 +229,8 @@ def build_engine(onnx_path: str | Path, out: str | Path, *, config: TrtBuildConf
     built = "int8" if "INT8" in flags else "fp16" if "FP16" in flags else "fp32"  # TF32 is still fp32
     io = {network.get_output(i).name: list(network.get_output(i).shape) for i in range(network.num_outputs)}
     meta = EngineMetadata(tensorrt_version=trt.__version__, gpu_name=gpu, compute_capability=cc, precision=built,
-                          flags=flags, patch_size=patch, min_batch=1, opt_batch=max(1, min(config.opt_batch,
-                          config.max_batch)), max_batch=config.max_batch, onnx_sha256=sha256_of(onnx_path),
+                          flags=flags, patch_size=patch, min_batch=1, opt_batch=profile_batches(config, patch)[0],
+                          max_batch=profile_batches(config, patch)[1], onnx_sha256=sha256_of(onnx_path),
                           build_seconds=round(time.perf_counter() - t0, 2), io=io)
     meta.write(metadata_path(out))
     logger.info("built TensorRT %s engine %s on %s (sm %s) in %.0f s", built, out, gpu, cc, meta.build_seconds)

@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("training.cli.train", "train the multi-task network (one fold or 5-fold CV)"),
     "ablate": ("training.cli.ablate", "train head/loss variants on the same budget and compare"),
     "oof": ("training.cli.oof", "out-of-fold cross-validation of a fold-ensemble bundle, per data source"),
+    "find-best": ("training.cli.find_best", "choose the best configuration or ensemble by out-of-fold scores"),
     "predict": ("pancreas.cli.predict", "predict masks and subtypes for a folder of CTs"),
     "export-bundle": ("training.cli.export_bundle", "write a model bundle from a training output"),
     "optimize": ("optimize.cli", "ONNX / FP16 / INT8 / pruning / distillation / TensorRT"),

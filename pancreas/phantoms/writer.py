@@ -57,7 +57,7 @@ class SynthConfig:
 
 
 @dataclass(frozen=True)
-class Job:
+class CaseJob:
     split: str
     subtype: int
     index: int
@@ -71,17 +71,17 @@ class Job:
         return case_paths(out, self.split, self.subtype, self.number)
 
 
-def plan_jobs(config: SynthConfig) -> list[Job]:
+def plan_jobs(config: SynthConfig) -> list[CaseJob]:
     """Cases in a fixed order (splits as in SPLITS, then subtype, then index), numbered from 1."""
     jobs = []
     for split in (s for s in SPLITS if s in config.splits):
         for subtype in (0, 1, 2):
             for index in range(config.cases_per_subtype):
-                jobs.append(Job(split, subtype, index, len(jobs) + 1))
+                jobs.append(CaseJob(split, subtype, index, len(jobs) + 1))
     return jobs
 
 
-def _run_job(job: Job, out: Path, config: SynthConfig) -> dict:
+def _run_job(job: CaseJob, out: Path, config: SynthConfig) -> dict:
     from pancreas.phantoms.case import make_case
 
     case = make_case(job.seed(config.seed), job.subtype, shape=config.shape, headers=config.headers,

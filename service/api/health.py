@@ -6,7 +6,7 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 
 from service.deps import ServicesDep
-from service.metrics import CONTENT_TYPE
+from service.prometheus import CONTENT_TYPE
 from service.schemas import Health, Readiness
 
 router = APIRouter(tags=["health"])

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
 
 from service.deps import ApiKeyDep, ServicesDep
-from service.schemas import ErrorResponse, ModelInfo
+from service.schemas import ErrorResponse, MemberInfo, ModelInfo
 
 router = APIRouter(tags=["model"])
 
@@ -24,7 +26,20 @@ def model_info(services: ServicesDep, _auth: ApiKeyDep) -> ModelInfo:
                      backend=str(info.get("backend", "")), precision=str(info.get("precision", "")),
                      device=str(info.get("device", "")), patch_size=list(patch) if patch else None,
                      engine=_jsonable(info), training_data=dict(metadata.get("training_data", {})),
-                     metadata=metadata)
+                     members=_members(info), metadata=metadata)
+
+
+def _members(info: dict[str, Any]) -> list[MemberInfo]:
+    """The members of an ensemble engine's ``info`` (empty for a single model)."""
+    out = []
+    for name, m in (info.get("members") or {}).items():
+        patch = m.get("patch_size")
+        out.append(MemberInfo(name=str(name), configuration=str(m.get("configuration", "")),
+                              bundle=str(m.get("name", "")), version=str(m.get("version", "")),
+                              backend=str(m.get("backend", "")), precision=str(m.get("precision", "")),
+                              device=str(m.get("device", "")), patch_size=list(patch) if patch else None,
+                              folds=int(m.get("folds", 1))))
+    return out
 
 
 def _jsonable(value: object) -> object:

@@ -24,7 +24,7 @@ _ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 413, 415, 422, 
 _ERRORS[200] = {"content": {"application/gzip": {}},
                 "description": "JSON by default; the mask file itself with ?format=nifti or "
                                "Accept: application/gzip (metadata in X-Subtype, X-Probabilities, "
-                               "X-Volumes-Ml, X-Timings-Ms, X-Model, X-Warnings headers)"}
+                               "X-Volumes-Ml, X-Timings-Ms, X-Parts-Ms, X-Model, X-Warnings headers)"}
 
 
 @router.post("/predict", response_model=PredictResponse, openapi_extra=_UPLOAD_BODY, responses=_ERRORS)
@@ -52,7 +52,8 @@ def _warnings(served: Served) -> list[InputWarningOut]:
 def _json_response(served: Served) -> PredictResponse:
     p = served.prediction
     return PredictResponse(subtype=int(p.subtype), probabilities=[float(x) for x in p.probabilities],
-                           volumes_ml=_volumes(served), timings_ms=served.timings, model=served.model,
+                           volumes_ml=_volumes(served), timings_ms=served.timings, parts_ms=served.parts_ms,
+                           model=served.model,
                            warnings=_warnings(served), mask=base64.b64encode(served.mask_gz).decode("ascii"))
 
 
@@ -63,6 +64,7 @@ def _file_response(served: Served) -> Response:
         "X-Probabilities": json.dumps([round(float(x), 6) for x in p.probabilities]),
         "X-Volumes-Ml": _volumes(served).model_dump_json(),
         "X-Timings-Ms": served.timings.model_dump_json(),
+        "X-Parts-Ms": json.dumps(served.parts_ms),
         "X-Model": served.model.model_dump_json(),
         "X-Warnings": json.dumps([w.model_dump() for w in _warnings(served)]),
         "Content-Disposition": 'attachment; filename="mask.nii.gz"',

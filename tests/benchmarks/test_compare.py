@@ -134,10 +134,10 @@ class _FakeWorker:
 
 
 def _progress_run(monkeypatch, tmp_path: Path, case_writer, *, deadline: float | None, interrupt_on: int | None):
-    import benchmarks.worker
+    import benchmarks.candidate_worker
     from benchmarks.compare import CompareConfig, _Progress, _run_all, _Scores
 
-    monkeypatch.setattr(benchmarks.worker, "Worker", _FakeWorker)
+    monkeypatch.setattr(benchmarks.candidate_worker, "Worker", _FakeWorker)
     monkeypatch.setattr(_FakeWorker, "calls", 0)
     monkeypatch.setattr(_FakeWorker, "interrupt_on", interrupt_on)
     for name in ("a_001", "b_002"):

@@ -137,7 +137,7 @@ def test_stamp_that_disagrees_with_the_machine_triggers_a_rebuild(bundle: Path, 
     write_stamp(opts, h100, tensorrt_version="10.13.0.35")
     decision = ep.decide(opts, h100)
     assert decision.action == "build"
-    assert "built for '10.13.0.35', this container has '10.16.1.11'" in decision.reason
+    assert "TensorRT 10.13.0.35, this is 10.16.1.11" in decision.reason
 
 
 def test_re_exported_bundle_gets_a_new_engine(bundle: Path, tmp_path: Path) -> None:

@@ -18,7 +18,8 @@ from pancreas.domain import (
     measure,
     record_domain,
 )
-from pancreas.engine import Engine, EngineConfig, predict_ensemble
+from pancreas.engine import Engine, EngineConfig
+from pancreas.ensemble_engine import ensemble_of
 from pancreas.errors import BundleError, DatasetError
 from pancreas.nifti import canonicalize, read_volume
 from pancreas.testing import OBLIQUE_DIRECTION, ct_array, write_case, write_nifti
@@ -209,9 +210,9 @@ def test_configuration_ensemble_reports_each_warning_once(tiny_bundle: Bundle, w
                                                           tmp_path: Path) -> None:
     big = read_volume(write_case(tmp_path / "big.nii.gz", (30, 36, 40), (8.0, 8.0, 8.0)))  # 240x288x320
     crops = with_domain(tiny_bundle, {"extent_mm": CROPS["extent_mm"]})
-    pred = predict_ensemble([Engine.from_bundle(crops, EngineConfig(batch_size=4))] * 2, big)
+    pred = ensemble_of([Engine.from_bundle(crops, EngineConfig(batch_size=4))] * 2).predict(big)
     assert codes(pred.warnings).count("fov") == 1, pred.warnings
-    plain = predict_ensemble([Engine.from_bundle(tiny_bundle, EngineConfig(batch_size=4))], big)
+    plain = ensemble_of([Engine.from_bundle(tiny_bundle, EngineConfig(batch_size=4))]).predict(big)
     assert "fov" not in codes(plain.warnings)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pancreas.engine_config import ENGINE_STAGES
-from service.metrics import STAGES
+from service.prometheus import STAGES
 from service.schemas import Timings
 
 

@@ -41,7 +41,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> TinyRun:
     from pancreas.phantoms import SynthConfig, synthesize
     from training.convert import convert_quiz
     from training.dataloading import find_subtypes
-    from training.evaluation import evaluate_preprocessed
+    from training.holdout import evaluate_preprocessed
     from training.nnunet_env import configure
     from training.planning import TinyOptions, plan_and_preprocess
     from training.runner import train_fold

@@ -113,7 +113,7 @@ def test_nnunet_predictor_runs_segmentation_view(tiny_run, exported) -> None:
 
     from pancreas.network import SegmentationView
     from pancreas.sliding_window import WindowConfig, sliding_window
-    from training.evaluation import NetworkBackend
+    from training.holdout import NetworkBackend
 
     meta = exported.metadata
     state = torch.load(exported.path(meta.artifacts[0]), map_location="cpu", weights_only=True)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from pancreas.engine import Engine, EngineConfig, predict_ensemble
+from pancreas.engine import Engine, EngineConfig
+from pancreas.ensemble_engine import ensemble_of
 from pancreas.nifti import read_volume, same_grid, write_image
 
 SPACING = (2.0, 1.5, 1.5)  # the tiny plans' spacing: no resampling unless a test wants it
@@ -112,7 +113,7 @@ def test_configuration_ensemble_averages_probabilities(bundle, bundle2, make_ct,
     s1, s2 = e1.predict_soft(vol), e2.predict_soft(vol)
     assert s1.probabilities.shape == (3, *vol.shape)
     np.testing.assert_allclose(s1.probabilities.sum(0), 1, atol=1e-5)
-    pred = predict_ensemble([e1, e2], vol)
+    pred = ensemble_of([e1, e2]).predict(vol)
     expected = np.argmax(s1.probabilities + s2.probabilities, axis=0)
     post_free = Engine(bundle, EngineConfig(postprocess=False), e1.backend)
     assert post_free.predict(vol).mask.shape == pred.mask.shape

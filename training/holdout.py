@@ -10,15 +10,18 @@ recorded metrics are measured through the full inference engine instead (``train
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
 from pancreas import LABELS
+from pancreas.backends.slices import for_window
+from pancreas.bundle import resolve_configuration
 from pancreas.metrics import dice, macro_f1
 from pancreas.network import MultiTaskUNet
+from pancreas.patch import tiles_per_batch
 from pancreas.sliding_window import WindowConfig, sliding_window
 from pancreas.sources import UNKNOWN
 
@@ -45,25 +48,38 @@ class NetworkBackend:
 
 def evaluate_preprocessed(net: MultiTaskUNet, plans: dict[str, Any], configuration: str, folder: str,
                           keys: Sequence[str], subtypes: dict[str, int], *, device: torch.device,
-                          step_size: float = 0.5, sources: dict[str, str] | None = None) -> dict[str, Any]:
+                          step_size: float = 0.5, sources: dict[str, str] | None = None,
+                          previous_stage: str | None = None, foreground_labels: Sequence[int] = (1, 2),
+                          on_logits: Callable[[str, torch.Tensor, dict[str, Any]], None] | None = None
+                          ) -> dict[str, Any]:
     """Per-case and mean metrics of ``net`` on preprocessed cases ``keys`` of ``folder``.
 
     ``subtypes`` holds the cases whose subtype is scored; ``sources`` (case -> real/phantom) adds a
-    ``by_source`` summary, so real and phantom scores are never mixed up.
+    ``by_source`` summary, so real and phantom scores are never mixed up. ``previous_stage`` (a cascade's
+    folder of low-res predictions, nnU-Net's ``folder_with_segs_from_previous_stage``) adds their one-hot
+    ``foreground_labels`` as input channels, as nnU-Net's validation does. ``on_logits(key, logits,
+    properties)`` receives each case's logits ``[C, D, H, W]`` on the preprocessed grid (next-stage export).
     """
     from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+    from nnunetv2.utilities.label_handling.label_handling import convert_labelmap_to_one_hot
 
-    patch = plans["configurations"][configuration]["patch_size"]
+    patch = resolve_configuration(plans, configuration)["patch_size"]  # a cascade stage inherits it
     was_training = net.training
     net.eval()
-    backend = NetworkBackend(net, patch)
-    dataset = infer_dataset_class(folder)(folder, list(keys))
+    backend = for_window(NetworkBackend(net, patch, max_batch=tiles_per_batch(2, patch)))  # 2D: slice by slice
+    dataset = infer_dataset_class(folder)(folder, list(keys), folder_with_segs_from_previous_stage=previous_stage)
     cases = []
     try:
         for key in keys:
-            data, seg, _, _ = dataset.load_case(key)
-            image = torch.from_numpy(np.asarray(data, dtype=np.float32)).to(device)
-            result = sliding_window(image, backend, WindowConfig(patch_size=tuple(patch), step_size=step_size))
+            data, seg, seg_prev, properties = dataset.load_case(key)
+            data = np.asarray(data, dtype=np.float32)
+            if seg_prev is not None:
+                data = np.vstack((data, convert_labelmap_to_one_hot(np.asarray(seg_prev), foreground_labels,
+                                                                    output_dtype=data.dtype)))
+            image = torch.from_numpy(data).to(device)
+            result = sliding_window(image, backend, WindowConfig(patch_size=backend.patch_size, step_size=step_size))
+            if on_logits is not None:
+                on_logits(key, result.logits, properties)
             pred = result.logits.argmax(0).cpu().numpy()
             cases.append(case_metrics(key, pred, np.asarray(seg)[0], int(np.argmax(result.class_probabilities)),
                                       subtypes.get(key)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from benchmarks.optimize_bench import _built_with, _notes, build_command
+from benchmarks.optimize_bench import build_command, built_with, done_when_notes
 from benchmarks.optimize_report import VariantRow
 
 
@@ -19,7 +19,7 @@ def test_notes_compute_ratios_and_deltas_from_the_rows() -> None:
     rows = [_row("teacher", "torch", "fp32", 400, 0.91, 0.75), _row("onnx-int8", "onnxruntime", "fp32", 600, 0.91, 0.75),
             _row("onnx-int8", "onnxruntime", "int8", 500, 0.912, 0.74),
             _row("pruned-0.3-nnunet", "onnxruntime", "fp32", 300, 0.90, 0.70)]
-    text = _notes(rows)
+    text = done_when_notes(rows)
     assert "INT8 vs FP32 onnxruntime per case: 1.20× (600 → 500 ms; sliding window alone 1.22×" in text
     assert "whole DSC +0.0020, lesion DSC -0.0100" in text
     assert "pruned-0.3-nnunet vs teacher (onnxruntime fp32) per case: 2.00× (600 → 300 ms" in text
@@ -35,7 +35,7 @@ def test_commands_name_the_fine_tune_loop(tmp_path: Path) -> None:
     (tmp_path / "configs").mkdir()
     meta = tmp_path / "configs" / "metadata.json"
     meta.write_text(json.dumps({"provenance": {"command": "pancreas optimize x --finetune-dataset 501"}}))
-    assert _built_with(tmp_path) == "pancreas optimize x --finetune-dataset 501"
+    assert built_with(tmp_path) == "pancreas optimize x --finetune-dataset 501"
     meta.write_text(json.dumps({"provenance": {"command": "pancreas optimize x --steps 5"}}))
-    assert _built_with(tmp_path) == "OMP_NUM_THREADS=1 pancreas optimize x --steps 5"
-    assert _built_with(tmp_path / "missing") is None
+    assert built_with(tmp_path) == "OMP_NUM_THREADS=1 pancreas optimize x --steps 5"
+    assert built_with(tmp_path / "missing") is None

@@ -1,0 +1,110 @@
+"""What an engine returns (:class:`Prediction`, :class:`SoftPrediction`) and how it is assembled and timed.
+
+Shared by :mod:`pancreas.engine` (one configuration) and :mod:`pancreas.ensemble_engine` (several), so neither
+imports the other's internals.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pancreas import LABELS
+from pancreas.domain import InputWarning
+from pancreas.engine_config import EngineConfig
+from pancreas.nifti import Volume, read_volume
+from pancreas.postprocess import PostprocessConfig, postprocess
+
+
+@dataclass
+class Prediction:
+    mask: np.ndarray  # uint8 (z, y, x), canonical space, same shape as Volume.array
+    probabilities: list[float]  # subtype probabilities (sum 1)
+    subtype: int
+    volumes_ml: dict[str, float]  # {"pancreas": labels 1 ∪ 2, "lesion": label 2}
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    warnings: list[InputWarning] = field(default_factory=list)  # input unlike the training data
+    #: per part of a composite model (cascade stage, ensemble member): that part's own stage timings, keyed by
+    #: the part's name (e.g. ``3d_lowres``); empty for a single model. ``timings_ms`` holds the sums.
+    parts_ms: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+@dataclass
+class SoftPrediction:
+    """Class probabilities on the canonical grid, for ensembling over configurations."""
+
+    probabilities: np.ndarray  # float32 [C, z, y, x], canonical
+    class_probabilities: np.ndarray  # [K]
+    timings_ms: dict[str, float]
+
+
+class Timer:
+    """Collects wall-clock milliseconds per stage (synchronizing CUDA so GPU work lands in its stage)."""
+
+    def __init__(self, cuda: bool = False) -> None:
+        self.ms: dict[str, float] = {}
+        self.cuda = cuda
+        #: sub-models timed on their own timer (a cascade's previous stage): name -> their stage timings
+        self.parts: dict[str, dict[str, float]] = {}
+
+    def add_part(self, name: str, ms: Mapping[str, float]) -> None:
+        """Add a sub-model's stage timings to this timer's sums and keep them as part ``name``."""
+        for stage, value in ms.items():
+            self.ms[stage] = self.ms.get(stage, 0.0) + value
+        self.parts[name] = {**ms, "total": sum(ms.values())}
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.cuda:
+                torch.cuda.synchronize()
+            self.ms[stage] = self.ms.get(stage, 0.0) + (time.perf_counter() - start) * 1000.0
+
+
+def volumes_ml(mask: np.ndarray, spacing: tuple[float, ...]) -> dict[str, float]:
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    lesion = int(np.count_nonzero(mask == LABELS["lesion"]))
+    return {"pancreas": int(np.count_nonzero(mask)) * voxel_ml, "lesion": lesion * voxel_ml}
+
+
+def make_prediction(mask: np.ndarray, volume: Volume, class_probabilities: np.ndarray,
+                    post: PostprocessConfig | None, timer: Timer) -> Prediction:
+    """Post-process a canonical label map and assemble the :class:`Prediction`."""
+    with timer("postprocess"):
+        if post is not None:
+            mask = postprocess(mask, volume.spacing, post)
+    probs = [float(p) for p in class_probabilities]
+    timings = dict(timer.ms)
+    timings["total"] = sum(timings.values())
+    return Prediction(mask=mask.astype(np.uint8, copy=False), probabilities=probs, subtype=int(np.argmax(probs)),
+                      volumes_ml=volumes_ml(mask, volume.spacing), timings_ms=timings)
+
+
+def post_config(inference: Mapping[str, Any], config: EngineConfig) -> PostprocessConfig | None:
+    """The post-processing a bundle's ``metadata.inference`` records, or None when it or ``config`` turns it off."""
+    enabled = config.postprocess and inference.get("postprocess", True) is not False
+    return PostprocessConfig.from_metadata(dict(inference)) if enabled else None
+
+
+def predict_file(predict: Callable[[Volume], Prediction], image_path: str | Path, mask_path: str | Path) -> Prediction:
+    """Read a CT, ``predict`` it, write the mask on exactly the input's grid; timings gain ``read``/``write``."""
+    start = time.perf_counter()
+    volume = read_volume(image_path)
+    read_ms = (time.perf_counter() - start) * 1000.0
+    pred = predict(volume)
+    start = time.perf_counter()
+    volume.write_mask(pred.mask, mask_path)
+    stages = {k: v for k, v in pred.timings_ms.items() if k != "total"}
+    pred.timings_ms = {"read": read_ms, **stages, "write": (time.perf_counter() - start) * 1000.0}
+    pred.timings_ms["total"] = sum(pred.timings_ms.values())
+    return pred
