@@ -14,8 +14,9 @@ The spec (JSON) names the data and every row::
 ``pancreas find-best`` result (one row per configuration and per ensemble) with each member's CPU training
 time, summed from the ``history.json`` files it lists::
 
-    "configurations": {"find_best": "runs/cfg/find_best/find_best.json", "command": "...", "note": "...",
-                       "members": {"2d": {"histories": [".../fold_0/history.json"], "train": "pancreas train ..."}}}
+    "configurations": [{"find_best": "runs/cfg/find_best/find_best.json", "command": "...", "note": "...",
+                        "sources": ["real", "phantom"],
+                        "members": {"2d": {"histories": [".../fold_0/history.json"], "train": "pancreas train ..."}}}]
 
 Only aggregates and case ids are written, never images.
 """
@@ -87,21 +88,26 @@ def training_minutes(histories: list[str], root: Path) -> float:
 
 
 def configurations_table(block: dict[str, Any], root: Path) -> str:
-    """The find-best table: per candidate its real-case scores, engine seconds per case and training minutes."""
+    """The find-best table: per candidate and source (``block["sources"]``, default real) its out-of-fold scores,
+    subtype macro-F1, engine seconds per case and the members' training minutes."""
     result = json.loads((root / block["find_best"]).read_text())
     members = block.get("members", {})
     minutes = {name: training_minutes(m.get("histories", []), root) for name, m in members.items()}
-    header = ("| candidate | real cases | whole DSC | lesion DSC | whole NSD@2mm | whole HD95 mm | s / case (CPU) | "
-              "CPU training min |")
-    lines = [header, "| --- " * 8 + "|"]
+    header = ("| candidate | data | cases | whole DSC | lesion DSC | whole NSD@2mm | whole HD95 mm | subtype macro-F1 | "
+              "s / case (CPU) | CPU training min |")
+    lines = [header, "| --- " * 10 + "|"]
     for entry in result["table"]:
-        source = "real" if "real" in entry["sources"] else next(iter(entry["sources"]))
-        s = entry["sources"][source]
-        n = sum(c["source"] == source for c in result["cases"][entry["candidate"]])
         mark = " **(best)**" if entry["candidate"] == result["best"] else ""
         train = sum(minutes.get(m, float("nan")) for m in entry["members"])
-        lines.append(f"| `{entry['candidate']}`{mark} | {n} | {s['whole_dsc']:.4f} | {s['lesion_dsc']:.4f} | "
-                     f"{s['whole_nsd2']:.4f} | {s['whole_hd95']:.1f} | {entry['seconds_per_case']:.2f} | {train:.1f} |")
+        for source in block.get("sources", ["real"]):
+            s = entry["sources"].get(source)
+            if s is None:
+                continue
+            n = sum(c["source"] == source for c in result["cases"][entry["candidate"]])
+            f1 = "n/a" if s.get("macro_f1") is None else f"{s['macro_f1']:.3f}"
+            lines.append(f"| `{entry['candidate']}`{mark} | {source} | {n} | {s['whole_dsc']:.4f} | "
+                         f"{s['lesion_dsc']:.4f} | {s['whole_nsd2']:.4f} | {s['whole_hd95']:.1f} | {f1} | "
+                         f"{entry['seconds_per_case']:.2f} | {train:.1f} |")
     rows = [f"* `{name}`: `{m['train']}`" for name, m in members.items() if m.get("train")]
     return "\n".join([*lines, "", "Training commands (each row's members):", "", *rows])
 
@@ -122,8 +128,10 @@ def build(spec: dict[str, Any], root: Path, out: Path) -> str:
         plot_rows(measured, png)
     parts += ["## Ablation (one change per row, same real held-out cases, same budget)", "",
               spec.get("ablation_note", ""), "", table, "", f"![ablation]({png.name})", ""]
-    block = spec.get("configurations")
-    if block and (root / block["find_best"]).is_file():
+    for block in spec.get("configurations", []):
+        if not (root / block["find_best"]).is_file():
+            logger.warning("configurations %r: %s missing, skipped", block.get("title"), block["find_best"])
+            continue
         parts += [f"## {block.get('title', 'Configurations and ensembles')}", "", f"Command: `{block['command']}`", "",
                   block.get("note", ""), "", configurations_table(block, root), ""]
     parts += spec.get("footer", [])

@@ -10,6 +10,7 @@ Docker entrypoint tests and ``pancreas bench load``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import signal
@@ -17,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -261,8 +262,9 @@ class ServerProcess:
     """
 
     def __init__(self, cmd: Sequence[str], url: str, *, env: Mapping[str, str] | None = None,
-                 log: Path | None = None, cwd: Path | None = None) -> None:
+                 log: Path | None = None, cwd: Path | None = None, tmp_dir: Path | None = None) -> None:
         self.cmd, self.url, self.log = list(cmd), url, log
+        self.tmp_dir = tmp_dir  # the server's request temp folder, where the caller set one (``running_server``)
         self._env = None if env is None else dict(env)
         self._cwd = cwd
         self.process: subprocess.Popen[bytes] | None = None
@@ -334,6 +336,24 @@ def clean_env(**settings: object) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PANCREAS_")}
     env.update({f"PANCREAS_{k.upper()}": str(v) for k, v in settings.items()})
     return env
+
+
+@contextlib.contextmanager
+def running_server(bundle: str | Path, workdir: Path, *, wait: bool = True, start_timeout_s: float = 120.0,
+                   **settings: object) -> Iterator[ServerProcess]:
+    """A real ``pancreas serve`` of ``bundle`` on a free port with ``PANCREAS_*`` ``settings`` (1 torch thread and
+    warning logs unless given), its request temp folder ``workdir/tmp`` and log ``workdir/server.log``; ``wait``:
+    until ready. Always stopped afterwards."""
+    tmp_dir = workdir / "tmp"
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    env = clean_env(**{"num_threads": 1, "log_level": "warning", **settings, "tmp_dir": tmp_dir})
+    server = ServerProcess.serve(bundle, env=env, log=workdir / "server.log", cwd=REPO_ROOT, tmp_dir=tmp_dir).start()
+    try:
+        if wait:
+            server.wait_ready(start_timeout_s)
+        yield server
+    finally:
+        server.stop()
 
 
 # ---- CT volumes and uploads ---------------------------------------------------------------------------

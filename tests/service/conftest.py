@@ -1,48 +1,22 @@
-"""Fixtures for the service tests: real `pancreas serve` subprocesses, phantom CTs, upload helpers."""
+"""Fixtures for the service tests: the main real `pancreas serve` subprocess, phantom CTs, upload limits
+(servers of their own: :func:`pancreas.testing.running_server`)."""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import SimpleNamespace
 
 import httpx
 import pytest
 import SimpleITK as sitk
 
-from pancreas.testing import REAL_CT, REPO_ROOT, ServerProcess, blob_ct, clean_env, nifti_bytes, post_ct
+from pancreas.testing import ServerProcess, blob_ct, nifti_bytes, post_ct, running_server
 
 SERVER_START_TIMEOUT_S = 120.0
 
 #: Limits of the main test server: small enough to test them, large enough for the real CT.
 MAX_UPLOAD_BYTES = 8 * 1024 * 1024
 MAX_VOXELS = 4_000_000
-
-
-class Server(ServerProcess):
-    """A running `python -m pancreas serve` subprocess with its own request temp folder."""
-
-    def __init__(self, *args: object, tmp_dir: Path, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)
-        self.tmp_dir = tmp_dir
-
-
-@contextlib.contextmanager
-def run_server(bundle: Path, workdir: Path, *, wait: bool = True, **settings: object) -> Iterator[Server]:
-    """Start a real server on a free port with ``PANCREAS_*`` settings (``wait``: until ready); stop it after."""
-    tmp_dir = workdir / "tmp"
-    tmp_dir.mkdir(parents=True, exist_ok=True)
-    env = clean_env(**settings)
-    env.update(PANCREAS_TMP_DIR=str(tmp_dir), PANCREAS_NUM_THREADS=env.get("PANCREAS_NUM_THREADS", "1"),
-               PANCREAS_LOG_LEVEL="warning")
-    server = Server.serve(bundle, env=env, log=workdir / "server.log", cwd=REPO_ROOT, tmp_dir=tmp_dir).start()
-    try:
-        if wait:
-            server.wait_ready(SERVER_START_TIMEOUT_S)
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -55,15 +29,15 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def server(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """The main test server: random-init tiny bundle, generous queue, small size limits."""
-    with run_server(tiny_bundle, tmp_path_factory.mktemp("server"), queue_size=16,
-                    max_upload_bytes=MAX_UPLOAD_BYTES, max_voxels=MAX_VOXELS) as srv:
+    with running_server(tiny_bundle, tmp_path_factory.mktemp("server"), start_timeout_s=SERVER_START_TIMEOUT_S,
+                        queue_size=16, max_upload_bytes=MAX_UPLOAD_BYTES, max_voxels=MAX_VOXELS) as srv:
         yield srv
 
 
 @pytest.fixture(scope="session")
-def client(server: Server) -> Iterator[httpx.Client]:
+def client(server: ServerProcess) -> Iterator[httpx.Client]:
     with server.client() as c:
         yield c
 
@@ -85,8 +59,6 @@ def post(client: httpx.Client) -> Callable[..., httpx.Response]:
 
 
 @pytest.fixture(scope="session")
-def util() -> SimpleNamespace:
-    """The service tests' configuration (server runner with the test limits, the real CT path); the generic
-    helpers are imported from pancreas.testing (conftest is not importable under --import-mode=importlib)."""
-    return SimpleNamespace(run_server=run_server, real_ct=REAL_CT, max_upload_bytes=MAX_UPLOAD_BYTES,
-                           max_voxels=MAX_VOXELS)
+def limits() -> dict[str, int]:
+    """The main test server's upload limits (for tests that probe them or start a server like it)."""
+    return {"max_upload_bytes": MAX_UPLOAD_BYTES, "max_voxels": MAX_VOXELS}

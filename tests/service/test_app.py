@@ -36,7 +36,7 @@ def test_unloadable_bundle_is_not_ready(tmp_path, blob_bytes):
             assert "Retry-After" not in r.headers and str(tmp_path) not in r.text
 
 
-def test_request_timeout(tiny_bundle, tmp_path, util):
+def test_request_timeout(tiny_bundle, tmp_path):
     big = nifti_bytes(blob_ct(shape=(64, 96, 96), spacing_xyz=(1.5, 1.5, 2.0), seed=3), tmp_path)
     settings = Settings(bundle=tiny_bundle, request_timeout_s=0.05, num_threads=1, tmp_dir=tmp_path / "t")
     (tmp_path / "t").mkdir()

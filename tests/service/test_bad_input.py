@@ -128,17 +128,17 @@ def test_wrong_content_type(client, blob_bytes, ctype):
     assert_error(client.post("/v1/predict", content=blob_bytes, headers=headers), 415, "unsupported_media_type")
 
 
-def test_upload_too_large_by_content_length(post, util):
-    assert_error(post(b"\x1f\x8b" + bytes(util.max_upload_bytes + 1)), 413, "upload_too_large")
+def test_upload_too_large_by_content_length(post, limits):
+    assert_error(post(b"\x1f\x8b" + bytes(limits["max_upload_bytes"] + 1)), 413, "upload_too_large")
 
 
-def test_upload_too_large_while_streaming(client, util):
+def test_upload_too_large_while_streaming(client, limits):
     """Chunked upload (no Content-Length): the limit is enforced while the body streams in."""
     boundary = b"xyzzy"
 
     def body():
         yield b"--" + boundary + b'\r\nContent-Disposition: form-data; name="file"; filename="a.nii.gz"\r\n\r\n'
-        for _ in range(util.max_upload_bytes // (1 << 20) + 2):
+        for _ in range(limits["max_upload_bytes"] // (1 << 20) + 2):
             yield bytes(1 << 20)
         yield b"\r\n--" + boundary + b"--\r\n"
 

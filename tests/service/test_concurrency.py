@@ -12,7 +12,7 @@ from pancreas.nifti import same_grid
 from pancreas.testing import blob_ct, decode_mask, nifti_bytes, post_ct
 
 
-def test_eight_concurrent_requests(server, util, tmp_path):
+def test_eight_concurrent_requests(server, tmp_path):
     """8 requests at once on two different CTs: all succeed, each gets its own input's result."""
     images = [blob_ct(seed=1), blob_ct(shape=(20, 56, 60), spacing_xyz=(1.0, 1.3, 3.0), seed=2)]
     payloads = [nifti_bytes(im, tmp_path, f"ct{i}.nii.gz") for i, im in enumerate(images)]

@@ -15,7 +15,7 @@ from pancreas import SUBTYPES
 from pancreas.bundle import Bundle, default_bundle_path
 from pancreas.metrics import dice
 from pancreas.nifti import same_grid
-from pancreas.testing import QUIZ_REAL, decode_mask, post_ct
+from pancreas.testing import QUIZ_REAL, REAL_CT, decode_mask, post_ct, running_server
 
 logger = logging.getLogger(__name__)
 
@@ -51,12 +51,12 @@ def demo_bundle() -> Bundle:
 
 
 @pytest.fixture(scope="module")
-def demo_server(demo_bundle, tmp_path_factory, util):
-    with util.run_server(demo_bundle.root, tmp_path_factory.mktemp("demo"), num_threads=2) as srv:
+def demo_server(demo_bundle, tmp_path_factory):
+    with running_server(demo_bundle.root, tmp_path_factory.mktemp("demo"), num_threads=2) as srv:
         yield srv
 
 
-def test_demo_dsc_at_recorded_level(demo_bundle, demo_server, util, tmp_path):
+def test_demo_dsc_at_recorded_level(demo_bundle, demo_server, tmp_path):
     from pancreas.phantoms import make_case
 
     recorded = recorded_pancreas_dsc(demo_bundle.metadata.metrics)
@@ -81,16 +81,16 @@ def test_demo_dsc_at_recorded_level(demo_bundle, demo_server, util, tmp_path):
     assert np.mean(scores) >= value - DSC_MARGIN, f"DSC {scores} vs recorded {key}={value}"
 
 
-def test_demo_real_ct(demo_server, util, tmp_path):
+def test_demo_real_ct(demo_server, tmp_path):
     """Robustness: what the demo model segments on a real scanner CT (logged; geometry asserted)."""
-    if not util.real_ct.is_file():
-        pytest.skip(f"real CT not found at {util.real_ct}")
+    if not REAL_CT.is_file():
+        pytest.skip(f"real CT not found at {REAL_CT}")
     with demo_server.client(timeout=300) as c:
-        r = post_ct(c, util.real_ct.read_bytes())
+        r = post_ct(c, REAL_CT.read_bytes())
     assert r.status_code == 200, r.text
     body = r.json()
     mask = decode_mask(body["mask"], tmp_path)
-    assert same_grid(mask, sitk.ReadImage(str(util.real_ct)), tol=1e-5)
+    assert same_grid(mask, sitk.ReadImage(str(REAL_CT)), tol=1e-5)
     logger.warning("demo model on the real CT: %s", json.dumps(
         {k: body[k] for k in ("subtype", "probabilities", "volumes_ml", "timings_ms", "warnings")}))
     # a full abdomen is unlike the training crops: a warning, or else a plausible pancreas (real: 28-180 mL)
@@ -101,7 +101,7 @@ QUIZ_TEST = QUIZ_REAL / "test"
 
 
 @pytest.mark.slow
-def test_real_quiz_test_images_through_the_service(demo_server, util, tmp_path):
+def test_real_quiz_test_images_through_the_service(demo_server, tmp_path):
     """All real quiz test images (no labels exist): 200, a mask on each input's exact grid, a plausible volume."""
     images = sorted(QUIZ_TEST.glob("*_0000.nii.gz")) if QUIZ_TEST.is_dir() else []
     if not images:

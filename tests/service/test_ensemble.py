@@ -18,20 +18,21 @@ from pancreas.testing import (
     make_random_bundle,
     make_random_cascade_bundle,
     post_ct,
+    running_server,
     tiny_plans,
     write_case,
 )
 
 
 @pytest.fixture(scope="module")
-def ensemble_server(tmp_path_factory, util) -> Iterator:
+def ensemble_server(tmp_path_factory) -> Iterator:
     root = tmp_path_factory.mktemp("ensemble")
     plans = {"patch_size": (16, 32, 32), "features": (4, 8, 16)}
     members = {"fine": make_random_bundle(root / "fine", seed=2, plans=tiny_plans(spacing=(4.0, 4.0, 4.0), **plans)),
                "coarse": make_random_bundle(root / "coarse", seed=9,
                                             plans=tiny_plans(spacing=(5.0, 5.0, 5.0), **plans))}
     bundle = write_ensemble(root / "ens", members, name="served-ensemble")
-    with util.run_server(bundle.root, root / "server", queue_size=4) as server:
+    with running_server(bundle.root, root / "server", queue_size=4) as server:
         yield server
 
 
@@ -75,7 +76,7 @@ def test_model_endpoint_describes_the_members(ensemble_server) -> None:
 
 
 @pytest.fixture(scope="module")
-def mixed_server(tmp_path_factory, util) -> Iterator:
+def mixed_server(tmp_path_factory) -> Iterator:
     """A 2d + 3d_fullres + 3d_cascade_fullres ensemble (random-init members) behind a real server."""
     root = tmp_path_factory.mktemp("mixed")
     kw = {"features": (4, 8, 16)}
@@ -88,7 +89,7 @@ def mixed_server(tmp_path_factory, util) -> Iterator:
             root / "cascade", seed=3, plans=cascade_plans(patch_size=(16, 32, 32), spacing=(4.0, 4.0, 4.0), **kw)),
     }
     bundle = write_ensemble(root / "ens", members, name="mixed-ensemble")
-    with util.run_server(bundle.root, root / "server", queue_size=4) as server:
+    with running_server(bundle.root, root / "server", queue_size=4) as server:
         yield server
 
 

@@ -12,7 +12,7 @@ import pytest
 import SimpleITK as sitk
 
 from pancreas.nifti import same_grid
-from pancreas.testing import decode_mask, nifti_bytes, post_ct
+from pancreas.testing import REAL_CT, decode_mask, nifti_bytes, post_ct
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ VARIANTS = {
 }
 
 
-def test_header_variants_same_world_mask(phantom, client, util, tmp_path):
+def test_header_variants_same_world_mask(phantom, client, tmp_path):
     payloads = {name: nifti_bytes(make(phantom), tmp_path, f"{name}.nii.gz") for name, make in VARIANTS.items()}
     payloads["uint16_scaled"] = scaled_uint16(phantom, tmp_path / "u16.nii.gz").read_bytes()
     results = {}
@@ -69,14 +69,14 @@ def test_header_variants_same_world_mask(phantom, client, util, tmp_path):
         assert np.allclose(probs, ref_probs, atol=1e-5), name
 
 
-def test_real_ct(client, util, tmp_path, record_property):
+def test_real_ct(client, tmp_path, record_property):
     """A real scanner volume (int32 HU, 3 mm, RAS) returns a mask on exactly its grid."""
-    if not util.real_ct.is_file():
-        pytest.skip(f"real CT not found at {util.real_ct} (it lives in ../shared/data/real next to the repo)")
-    r = post_ct(client, util.real_ct.read_bytes())
+    if not REAL_CT.is_file():
+        pytest.skip(f"real CT not found at {REAL_CT} (it lives in ../shared/data/real next to the repo)")
+    r = post_ct(client, REAL_CT.read_bytes())
     assert r.status_code == 200, r.text
     body = r.json()
-    image = sitk.ReadImage(str(util.real_ct))
+    image = sitk.ReadImage(str(REAL_CT))
     mask = decode_mask(body["mask"], tmp_path)
     assert same_grid(mask, image, tol=1e-5)
     assert set(np.unique(sitk.GetArrayFromImage(mask))) <= {0, 1, 2}

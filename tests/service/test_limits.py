@@ -10,19 +10,19 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from pancreas.testing import blob_ct, nifti_bytes, post_ct
+from pancreas.testing import blob_ct, nifti_bytes, post_ct, running_server
 
 API_KEY = "test-key-0123456789"
 
 
 @pytest.fixture(scope="module")
-def strict(tiny_bundle, tmp_path_factory, util):
-    with util.run_server(tiny_bundle, tmp_path_factory.mktemp("strict"), queue_size=1, api_key=API_KEY) as srv:
+def strict(tiny_bundle, tmp_path_factory):
+    with running_server(tiny_bundle, tmp_path_factory.mktemp("strict"), queue_size=1, api_key=API_KEY) as srv:
         yield srv
 
 
 @pytest.fixture(scope="module")
-def big_bytes(util, tmp_path_factory):
+def big_bytes(tmp_path_factory):
     """A CT that takes the tiny model a while (many sliding-window patches)."""
     return nifti_bytes(blob_ct(shape=(64, 96, 96), spacing_xyz=(1.5, 1.5, 2.0), seed=3),
                             tmp_path_factory.mktemp("big"))
@@ -33,7 +33,7 @@ AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": API_KEY},
                                      {"Authorization": f"Basic {API_KEY}"}])
-def test_api_key_required(strict, blob_bytes, util, headers):
+def test_api_key_required(strict, blob_bytes, headers):
     with strict.client() as c:
         for r in (post_ct(c, blob_bytes, headers=headers), c.get("/v1/model", headers=headers)):
             assert r.status_code == 401, r.text
@@ -41,14 +41,14 @@ def test_api_key_required(strict, blob_bytes, util, headers):
             assert r.headers["WWW-Authenticate"] == "Bearer"
 
 
-def test_api_key_accepted(strict, blob_bytes, util):
+def test_api_key_accepted(strict, blob_bytes):
     with strict.client() as c:
         assert post_ct(c, blob_bytes, headers=AUTH).status_code == 200
         assert c.get("/v1/model", headers=AUTH).status_code == 200
         assert c.get("/healthz").status_code == 200 and c.get("/readyz").status_code == 200
 
 
-def test_burst_over_queue_size(strict, big_bytes, blob_bytes, util):
+def test_burst_over_queue_size(strict, big_bytes, blob_bytes):
     def one(_: int) -> httpx.Response:
         with strict.client() as c:
             return post_ct(c, big_bytes, headers=AUTH)
@@ -68,7 +68,7 @@ def test_burst_over_queue_size(strict, big_bytes, blob_bytes, util):
         assert 'pancreas_errors_total{code="queue_full"}' in c.get("/metrics").text
 
 
-def test_graceful_shutdown_finishes_in_flight_request(strict, big_bytes, util):
+def test_graceful_shutdown_finishes_in_flight_request(strict, big_bytes):
     """SIGTERM while a request runs: the request still gets its 200, then the process exits."""
     result: dict[str, httpx.Response] = {}
 

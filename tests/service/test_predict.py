@@ -24,7 +24,7 @@ def check_timings(t: dict[str, float]) -> None:
     assert t["total"] - parts <= max(50.0, 0.1 * t["total"]), f"timings leave too much unaccounted: {t}"
 
 
-def test_json_response(post, blob_image, blob_bytes, tmp_path, util):
+def test_json_response(post, blob_image, blob_bytes, tmp_path):
     r = post(blob_bytes)
     assert r.status_code == 200, r.text
     body = r.json()
@@ -43,7 +43,7 @@ def test_json_response(post, blob_image, blob_bytes, tmp_path, util):
     assert abs(body["volumes_ml"]["lesion"] - np.count_nonzero(labels == 2) * voxel_ml) < 1e-3
 
 
-def test_nifti_response_matches_json(post, blob_image, blob_bytes, tmp_path, util):
+def test_nifti_response_matches_json(post, blob_image, blob_bytes, tmp_path):
     as_json = post(blob_bytes).json()
     for kwargs in ({"params": {"format": "nifti"}}, {"headers": {"Accept": "application/gzip"}}):
         r = post(blob_bytes, **kwargs)
@@ -60,7 +60,7 @@ def test_nifti_response_matches_json(post, blob_image, blob_bytes, tmp_path, uti
         assert np.array_equal(sitk.GetArrayFromImage(mask), sitk.GetArrayFromImage(ref))
 
 
-def test_uncompressed_nii(post, blob_image, tmp_path, util):
+def test_uncompressed_nii(post, blob_image, tmp_path):
     r = post(nifti_bytes(blob_image, tmp_path, "ct.nii"), filename="ct.nii")
     assert r.status_code == 200, r.text
     assert same_grid(decode_mask(r.json()["mask"], tmp_path), blob_image, tol=1e-6)

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from pancreas.testing import blob_ct, free_port, nifti_bytes, post_ct
+from pancreas.testing import blob_ct, free_port, nifti_bytes, post_ct, running_server
 
 QUEUE = 2
 READ_TIMEOUT_S = 2.0
@@ -48,8 +48,8 @@ def code_of(r: http.client.HTTPResponse) -> str:
 
 
 @pytest.fixture(scope="module")
-def stalling(tiny_bundle, tmp_path_factory, util):
-    with util.run_server(tiny_bundle, tmp_path_factory.mktemp("stalling"), queue_size=QUEUE,
+def stalling(tiny_bundle, tmp_path_factory):
+    with running_server(tiny_bundle, tmp_path_factory.mktemp("stalling"), queue_size=QUEUE,
                          upload_read_timeout_s=READ_TIMEOUT_S, upload_timeout_s=UPLOAD_TIMEOUT_S) as srv:
         yield srv
 
@@ -105,15 +105,15 @@ def test_trickling_upload_hits_the_total_upload_timeout(stalling):
     assert UPLOAD_TIMEOUT_S - 0.5 <= elapsed < UPLOAD_TIMEOUT_S * 2.5, elapsed
 
 
-def test_server_answers_after_stalled_clients(stalling, util, blob_bytes):
+def test_server_answers_after_stalled_clients(stalling, blob_bytes):
     with stalling.client() as c:
         assert post_ct(c, blob_bytes).status_code == 200
         assert "pancreas_queue_depth 0.0" in c.get("/metrics").text
 
 
-def test_sigterm_with_two_stalled_uploads_exits_at_once(tiny_bundle, tmp_path, util):
+def test_sigterm_with_two_stalled_uploads_exits_at_once(tiny_bundle, tmp_path):
     """Stalled uploads do not hold shutdown for their timeouts (60 s here) nor GRACEFUL_SHUTDOWN_S."""
-    with util.run_server(tiny_bundle, tmp_path, queue_size=QUEUE, upload_read_timeout_s=60,
+    with running_server(tiny_bundle, tmp_path, queue_size=QUEUE, upload_read_timeout_s=60,
                          upload_timeout_s=120, graceful_shutdown_s=60) as srv:
         socks = [stalled_upload(srv.url) for _ in range(QUEUE)]
         deadline = time.monotonic() + 10
@@ -132,9 +132,9 @@ def test_sigterm_with_two_stalled_uploads_exits_at_once(tiny_bundle, tmp_path, u
 
 
 # ---- 8: a model that cannot load ---------------------------------------------------------------------------
-def test_readyz_and_predict_after_model_load_failure(tiny_bundle, tmp_path, util, blob_bytes):
+def test_readyz_and_predict_after_model_load_failure(tiny_bundle, tmp_path, blob_bytes):
     """The tiny bundle has no ONNX artifact: the onnxruntime backend cannot load it. Permanent failure."""
-    with util.run_server(tiny_bundle, tmp_path, wait=False, backend="onnxruntime") as srv:
+    with running_server(tiny_bundle, tmp_path, wait=False, backend="onnxruntime") as srv:
         deadline, r = time.monotonic() + 120, None
         with srv.client() as c:
             while time.monotonic() < deadline:
@@ -174,9 +174,9 @@ def metric(client, name: str) -> float:
     return float(line.split()[-1])
 
 
-def test_request_that_times_out_frees_the_model(slow_bundle, tmp_path, util):
+def test_request_that_times_out_frees_the_model(slow_bundle, tmp_path):
     big = nifti_bytes(blob_ct(shape=(64, 128, 128), spacing_xyz=(1.0, 1.0, 1.0), seed=4), tmp_path)
-    with util.run_server(slow_bundle, tmp_path / "srv", request_timeout_s=1.5, step_size=0.25, batch_size=1,
+    with running_server(slow_bundle, tmp_path / "srv", request_timeout_s=1.5, step_size=0.25, batch_size=1,
                          warmup=False) as srv, srv.client() as c:
         r = post_ct(c, big)
         assert r.status_code == 504 and r.json()["detail"]["code"] == "timeout", r.text
@@ -191,7 +191,7 @@ def test_request_that_times_out_frees_the_model(slow_bundle, tmp_path, util):
 
 
 # ---- a 500 keeps the connection ----------------------------------------------------------------------------
-def test_internal_error_answers_and_keeps_the_connection(tiny_bundle, tmp_path, util):
+def test_internal_error_answers_and_keeps_the_connection(tiny_bundle, tmp_path):
     """An unexpected exception (a route added for the test raises) is a 500 with the documented body, twice
     on one keep-alive connection, served by the real app under a real uvicorn."""
     import uvicorn

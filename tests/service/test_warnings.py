@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pancreas.domain import WARNING_CODES, InputDomain, record_domain
-from pancreas.testing import blob_ct, nifti_bytes, post_ct
+from pancreas.testing import blob_ct, nifti_bytes, post_ct, running_server
 
 #: Pancreas crops of at most 140 x 150 x 120 mm (z, y, x), 1-5 mm voxels (both uploads below are inside).
 DOMAIN = InputDomain.model_validate({"spacing_mm": {"min": [1.0, 1.0, 1.0], "max": [5.0, 5.0, 5.0]},
@@ -17,17 +17,17 @@ DOMAIN = InputDomain.model_validate({"spacing_mm": {"min": [1.0, 1.0, 1.0], "max
 
 
 @pytest.fixture(scope="module")
-def domain_server(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory, util):
+def domain_server(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory, limits):
     root = tmp_path_factory.mktemp("domain") / "crops-bundle"
     shutil.copytree(tiny_bundle, root)
     record_domain(root, DOMAIN)
-    limits = {"max_upload_bytes": util.max_upload_bytes, "max_voxels": util.max_voxels}
-    with util.run_server(root, tmp_path_factory.mktemp("domain-server"), **limits) as srv, srv.client() as c:
+    limits = {"max_upload_bytes": limits["max_upload_bytes"], "max_voxels": limits["max_voxels"]}
+    with running_server(root, tmp_path_factory.mktemp("domain-server"), **limits) as srv, srv.client() as c:
         yield c
 
 
 @pytest.fixture(scope="module")
-def abdomen_bytes(util, tmp_path_factory: pytest.TempPathFactory) -> bytes:
+def abdomen_bytes(limits, tmp_path_factory: pytest.TempPathFactory) -> bytes:
     """A whole-abdomen field of view: 80 x 96 x 104 voxels of 4 mm = 320 x 384 x 416 mm (z, y, x)."""
     image = blob_ct(shape=(80, 96, 104), spacing_xyz=(4.0, 4.0, 4.0))
     return nifti_bytes(image, tmp_path_factory.mktemp("abdomen"))
@@ -37,7 +37,7 @@ def _codes(body: dict) -> list[str]:
     return [w["code"] for w in body["warnings"]]
 
 
-def test_huge_field_of_view_is_answered_with_a_fov_warning(domain_server, abdomen_bytes, util) -> None:
+def test_huge_field_of_view_is_answered_with_a_fov_warning(domain_server, abdomen_bytes, limits) -> None:
     r = post_ct(domain_server, abdomen_bytes)
     assert r.status_code == 200, r.text
     body = r.json()
@@ -49,13 +49,13 @@ def test_huge_field_of_view_is_answered_with_a_fov_warning(domain_server, abdome
     assert "spacing" not in _codes(body)
 
 
-def test_normal_crop_has_no_fov_warning(domain_server, blob_bytes, util) -> None:
+def test_normal_crop_has_no_fov_warning(domain_server, blob_bytes, limits) -> None:
     r = post_ct(domain_server, blob_bytes)  # 60 x 77 x 77 mm
     assert r.status_code == 200, r.text
     assert not {"fov", "spacing"} & set(_codes(r.json()))
 
 
-def test_file_response_carries_the_warnings_header(domain_server, abdomen_bytes, util) -> None:
+def test_file_response_carries_the_warnings_header(domain_server, abdomen_bytes, limits) -> None:
     as_json = post_ct(domain_server, abdomen_bytes).json()
     r = post_ct(domain_server, abdomen_bytes, params={"format": "nifti"})
     assert r.status_code == 200 and r.headers["content-type"] == "application/gzip"

@@ -1,5 +1,6 @@
-"""A REAL tiny cascade on CPU: synth -> plan --tiny with low-res -> train 3d_lowres (fold all) -> train
-3d_cascade_fullres -> export-bundle -> predicted by a real server on an oblique, non-RAS CT."""
+"""A REAL tiny cascade on CPU: synth -> plan --tiny with low-res and 2d -> train 3d_lowres (fold all) -> train
+3d_cascade_fullres -> export-bundle -> predicted by a real server on an oblique, non-RAS CT; then a trained 2d
+model joins the low-res and the cascade bundles in an ensemble bundle, served the same way."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from pancreas.bundle import Bundle
+from pancreas.bundle import Bundle, write_ensemble
 from pancreas.errors import DatasetError
 from pancreas.testing import (
     OBLIQUE_DIRECTION,
@@ -44,7 +45,7 @@ def test_tiny_cascade_end_to_end(tmp_path: Path) -> None:
     synthesize(tmp_path / "quiz", SynthConfig(cases_per_subtype=2, splits=("train",), seed=5, headers="canonical"))
     paths = configure(tmp_path / "work")
     convert_quiz(tmp_path / "quiz", dataset_id=DATASET_ID, name="CascadePhantoms", workdir=tmp_path / "work")
-    plan = plan_and_preprocess(DATASET_ID, configurations=("3d_lowres", "3d_cascade_fullres"), tiny=True,
+    plan = plan_and_preprocess(DATASET_ID, configurations=("2d", "3d_lowres", "3d_cascade_fullres"), tiny=True,
                                tiny_options=TinyOptions(max_features=16, max_patch_voxels=24 * 32 * 32,
                                                         lowres_factor=2.0),
                                overwrite_target_spacing=SPACING, num_processes=1, verify_integrity=False)
@@ -79,19 +80,7 @@ def test_tiny_cascade_end_to_end(tmp_path: Path) -> None:
     assert Bundle.load(tmp_path / "bundle").previous_stage.metadata.network.configuration == "3d_lowres"
 
     ct = write_case(tmp_path / "oblique.nii.gz", (20, 48, 44), (1.7, 1.5, 3.0), direction=OBLIQUE_DIRECTION, seed=4)
-    env = clean_env(num_threads=1, log_level="warning", tmp_dir=tmp_path / "tmp", device="cpu", backend="torch")
-    (tmp_path / "tmp").mkdir()
-    with ServerProcess.serve(tmp_path / "bundle", env=env, log=tmp_path / "server.log", cwd=REPO_ROOT) as server:
-        server.wait_ready(120)
-        with server.client() as client:
-            response = post_ct(client, ct.read_bytes())
-    assert response.status_code == 200, response.text
-    body = response.json()
-    mask, image = decode_mask(body["mask"], tmp_path), sitk.ReadImage(str(ct))
-    assert mask.GetSize() == image.GetSize()
-    for got, want in ((mask.GetSpacing(), image.GetSpacing()), (mask.GetOrigin(), image.GetOrigin()),
-                      (mask.GetDirection(), image.GetDirection())):
-        assert np.allclose(got, want, atol=1e-5), (got, want)
+    body = _serve_and_check_grid(tmp_path / "bundle", ct, tmp_path / "served_cascade")
     timings, parts = body["timings_ms"], body["parts_ms"]
     assert set(parts) == {"3d_lowres", "3d_cascade_fullres"}
     assert all(v >= 0 for v in timings.values()) and timings["inference"] > 0
@@ -99,4 +88,35 @@ def test_tiny_cascade_end_to_end(tmp_path: Path) -> None:
     assert timings["inference"] == pytest.approx(parts["3d_lowres"]["inference"]
                                                  + parts["3d_cascade_fullres"]["inference"], rel=0.01)
     assert timings["total"] >= sum(p["total"] for p in parts.values()) * 0.99
-    print(f"tiny cascade end to end in {time.time() - t0:.0f}s")
+
+    # every configuration trained for real, served together: a 2d + 3d_lowres + cascade ensemble bundle
+    train_fold(DATASET_ID, configuration="2d", **common)
+    members = {"2d": export_bundle(DATASET_ID, configuration="2d", folds=["all"], out=tmp_path / "b2d",
+                                   plans_identifier=plan.plans_identifier, command="pytest 2d"),
+               "3d_lowres": export_bundle(DATASET_ID, configuration="3d_lowres", folds=["all"], out=tmp_path / "blow",
+                                          plans_identifier=plan.plans_identifier, command="pytest lowres"),
+               "3d_cascade_fullres": bundle}
+    write_ensemble(tmp_path / "ensemble", members, name="tiny-configurations", command="pytest ensemble")
+    body = _serve_and_check_grid(tmp_path / "ensemble", ct, tmp_path / "served_ensemble")
+    assert set(body["parts_ms"]) == set(members)
+    assert all(part["inference"] > 0 for part in body["parts_ms"].values())
+    print(f"tiny cascade and configuration ensemble end to end in {time.time() - t0:.0f}s")
+
+
+def _serve_and_check_grid(bundle: Path, ct: Path, workdir: Path) -> dict:
+    """POST ``ct`` to a real ``pancreas serve`` of ``bundle``; the mask must be on exactly the input's grid."""
+    (workdir / "tmp").mkdir(parents=True)
+    env = clean_env(num_threads=1, log_level="warning", tmp_dir=workdir / "tmp", device="cpu", backend="torch")
+    with ServerProcess.serve(bundle, env=env, log=workdir / "server.log", cwd=REPO_ROOT) as server:
+        server.wait_ready(120)
+        with server.client() as client:
+            response = post_ct(client, ct.read_bytes())
+            assert client.get("/healthz").status_code == 200
+    assert response.status_code == 200, response.text
+    body = response.json()
+    mask, image = decode_mask(body["mask"], workdir), sitk.ReadImage(str(ct))
+    assert mask.GetSize() == image.GetSize()
+    for got, want in ((mask.GetSpacing(), image.GetSpacing()), (mask.GetOrigin(), image.GetOrigin()),
+                      (mask.GetDirection(), image.GetDirection())):
+        assert np.allclose(got, want, atol=1e-5), (got, want)
+    return body
