@@ -9,6 +9,7 @@ health checks, the GPU reservation, volumes, images, the settings' names, the Pr
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -90,7 +91,12 @@ def _validator() -> Any:
     return jsonschema.Draft7Validator(schema, format_checker=checker)
 
 
-def test_schema_self_check() -> None:
+def test_vendored_schema_is_the_recorded_upstream_copy() -> None:
+    """The schema is the upstream file byte for byte (sha256 recorded in README.md), so no local edit can loosen
+    what the compose file is validated against; and it is a valid Draft 7 schema."""
+    recorded = re.search(r"sha256 `([0-9a-f]{64})`", SCHEMA.with_name("README.md").read_text())
+    assert recorded, "tests/docker/README.md must record the vendored schema's sha256"
+    assert hashlib.sha256(SCHEMA.read_bytes()).hexdigest() == recorded.group(1)
     jsonschema.Draft7Validator.check_schema(json.loads(SCHEMA.read_text()))
 
 
