@@ -56,9 +56,11 @@ from torch import autocast
 from pancreas import LABELS
 from pancreas.bundle import HeadConfig, NetworkConfig
 from pancreas.errors import DatasetError
+from pancreas.metrics import macro_f1
 from pancreas.network import MultiTaskUNet, build_network
 from pancreas.sources import SOURCES, UNKNOWN
 from training.dataloading import LesionOversamplingDataLoader, find_sources, find_subtypes, make_augmenters
+from training.holdout import evaluate_preprocessed
 from training.losses import (
     ClassificationLoss,
     FocalCELoss,
@@ -367,8 +369,6 @@ class MultiTaskTrainer(nnUNetTrainer):
 
     def on_validation_epoch_end(self, val_outputs: list[dict]) -> None:
         super().on_validation_epoch_end(val_outputs)
-        from pancreas.metrics import macro_f1
-
         out = collate_outputs(val_outputs)
         self._epoch["patch_f1"] = float(macro_f1(out["cls_true"], out["cls_pred"]))
 
@@ -403,8 +403,6 @@ class MultiTaskTrainer(nnUNetTrainer):
     # ---- held-out evaluation -------------------------------------------------------------------------
     def perform_actual_validation(self, save_probabilities: bool = False) -> dict[str, Any]:
         """Sliding-window evaluation of this fold's validation cases (see :mod:`training.holdout`)."""
-        from training.holdout import evaluate_preprocessed
-
         _, val_keys = self.do_split()
         self.require_previous_stage(list(val_keys))
         self.set_deep_supervision_enabled(False)
