@@ -158,10 +158,13 @@ class Engine:
         """Logits on the cropped original grid (transposed axes), the preprocessing record, class probs.
 
         On CUDA out-of-memory the volume is run again with preprocessing and aggregation on the CPU while the
-        backend keeps its GPU (nnU-Net's predictor falls back the same way); an OOM there propagates.
+        backend keeps its GPU (nnU-Net's predictor falls back the same way); an OOM there propagates. A cascade's
+        previous stage runs once, before either attempt.
         """
+        self.check_input(volume)
+        prior = self._previous_labels(volume, timer, cancel) if self.previous is not None else None
         try:
-            return self._segment_on(volume, timer, self.device, cancel)
+            return self._segment_on(volume, timer, self.device, cancel, prior)
         except torch.OutOfMemoryError:
             if self.device.type == "cpu":
                 raise
@@ -169,12 +172,10 @@ class Engine:
                            "the CPU (the %s backend stays on %s)", self.device, "x".join(map(str, volume.array.shape)),
                            self.backend.name, self.backend.device)
             torch.cuda.empty_cache()
-            return self._segment_on(volume, timer, torch.device("cpu"), cancel)
+            return self._segment_on(volume, timer, torch.device("cpu"), cancel, prior)
 
-    def _segment_on(self, volume: Volume, timer: Timer, device: torch.device,
-                    cancel: threading.Event | None = None) -> tuple[torch.Tensor, Preprocessed, np.ndarray]:
-        self.check_input(volume)
-        prior = self._previous_labels(volume, timer, cancel) if self.previous is not None else None
+    def _segment_on(self, volume: Volume, timer: Timer, device: torch.device, cancel: threading.Event | None = None,
+                    prior: np.ndarray | None = None) -> tuple[torch.Tensor, Preprocessed, np.ndarray]:
         roi = None
         if self.config.coarse_to_fine:
             with timer("coarse"):

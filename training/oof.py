@@ -226,3 +226,24 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.4f}"
 
 
+@dataclass(frozen=True)
+class HeldOutData:
+    """What out-of-fold scoring reads of a converted dataset: raw folder, nnU-Net splits, subtypes, sources."""
+
+    raw: Path
+    splits: list[dict[str, Any]]
+    subtypes: dict[str, int]
+    sources: dict[str, str]
+
+
+def held_out_data(dataset: str | int, workdir: str | Path) -> HeldOutData:
+    """The dataset's raw folder, ``splits_final.json`` and subtype/source tables (nnU-Net folders under ``workdir``)."""
+    from training.nnunet_env import configure, resolve_dataset
+    from training.subtypes import read_sources, read_subtypes
+
+    paths = configure(workdir)
+    name = resolve_dataset(dataset, paths)
+    raw = paths.raw / name
+    splits = json.loads((paths.preprocessed / name / "splits_final.json").read_text())
+    return HeldOutData(raw, splits, read_subtypes(raw), read_sources(raw))
+

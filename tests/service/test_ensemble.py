@@ -11,6 +11,7 @@ import SimpleITK as sitk
 
 from pancreas.bundle import write_ensemble
 from pancreas.engine_config import ENGINE_STAGES
+from pancreas.nifti import same_grid
 from pancreas.testing import (
     OBLIQUE_DIRECTION,
     cascade_plans,
@@ -48,10 +49,7 @@ def test_mask_on_the_input_grid_with_per_member_timings(ensemble_server, oblique
         assert r.status_code == 200, r.text
         body = r.json()
         mask, src = decode_mask(body["mask"], tmp_path), sitk.ReadImage(str(oblique_ct))
-        assert mask.GetSize() == src.GetSize()
-        for got, want in ((mask.GetSpacing(), src.GetSpacing()), (mask.GetOrigin(), src.GetOrigin()),
-                          (mask.GetDirection(), src.GetDirection())):
-            assert got == pytest.approx(want, abs=1e-5)
+        assert same_grid(mask, src, tol=1e-5)  # size, spacing, origin, direction
         parts = body["parts_ms"]
         assert set(parts) == {"fine", "coarse"}
         for part in parts.values():
@@ -99,10 +97,7 @@ def test_2d_and_3d_ensemble_served_on_the_input_grid(mixed_server, oblique_ct: P
         assert r.status_code == 200, r.text
         body = r.json()
         mask, src = decode_mask(body["mask"], tmp_path), sitk.ReadImage(str(oblique_ct))
-        assert mask.GetSize() == src.GetSize()
-        for got, want in ((mask.GetSpacing(), src.GetSpacing()), (mask.GetOrigin(), src.GetOrigin()),
-                          (mask.GetDirection(), src.GetDirection())):
-            assert got == pytest.approx(want, abs=1e-5)
+        assert same_grid(mask, src, tol=1e-5)  # size, spacing, origin, direction
         assert set(body["parts_ms"]) == {"2d", "3d_fullres", "3d_cascade_fullres"}
         info = client.get("/v1/model").json()
         assert {m["name"]: m["configuration"] for m in info["members"]} == {

@@ -8,12 +8,12 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import SimpleITK as sitk
 
 from pancreas.bundle import Bundle, write_ensemble
 from pancreas.errors import DatasetError
+from pancreas.nifti import same_grid
 from pancreas.testing import (
     OBLIQUE_DIRECTION,
     REPO_ROOT,
@@ -115,8 +115,5 @@ def _serve_and_check_grid(bundle: Path, ct: Path, workdir: Path) -> dict:
     assert response.status_code == 200, response.text
     body = response.json()
     mask, image = decode_mask(body["mask"], workdir), sitk.ReadImage(str(ct))
-    assert mask.GetSize() == image.GetSize()
-    for got, want in ((mask.GetSpacing(), image.GetSpacing()), (mask.GetOrigin(), image.GetOrigin()),
-                      (mask.GetDirection(), image.GetDirection())):
-        assert np.allclose(got, want, atol=1e-5), (got, want)
+    assert same_grid(mask, image, tol=1e-5)  # size, spacing, origin, direction
     return body

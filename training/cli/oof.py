@@ -11,31 +11,32 @@ from pathlib import Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("bundle", type=Path, help="bundle exported with --folds 0,1,2,3,4")
-    parser.add_argument("--dataset", required=True, help="dataset id or name the folds were trained on")
-    parser.add_argument("--workdir", type=Path, default=Path("work_dirs"), help="nnU-Net work root (%(default)s)")
-    parser.add_argument("--out", type=Path, required=True, help="folder for masks/, oof.{json,md,png}")
-    parser.add_argument("--scored-sources", default=None,
-                        help="comma-separated sources whose subtype is scored (those that trained the classifier)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_held_out_arguments(parser, out_help="folder for masks/, oof.{json,md,png}")
     parser.add_argument("--record", action="store_true",
                         help="record the {source}_oof_* means in the bundle's metadata.metrics")
 
 
+def add_held_out_arguments(parser: argparse.ArgumentParser, *, out_help: str) -> None:
+    """The flags of every out-of-fold command (``oof``, ``find-best``): dataset, workdir, out, scored sources, threads."""
+    parser.add_argument("--dataset", required=True, help="dataset id or name the folds were trained on")
+    parser.add_argument("--workdir", type=Path, default=Path("work_dirs"), help="nnU-Net work root (%(default)s)")
+    parser.add_argument("--out", type=Path, required=True, help=out_help)
+    parser.add_argument("--scored-sources", default=None,
+                        help="comma-separated sources whose subtype is scored (those that trained the classifier)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def scored_sources(args: argparse.Namespace) -> tuple[str, ...] | None:
+    return tuple(s for s in args.scored_sources.split(",") if s) if args.scored_sources else None
+
+
 def run(args: argparse.Namespace) -> int:
-    import json
-
     from pancreas.engine import EngineConfig
-    from training.nnunet_env import configure, resolve_dataset
-    from training.oof import out_of_fold
-    from training.subtypes import read_sources, read_subtypes
+    from training.oof import held_out_data, out_of_fold
 
-    paths = configure(args.workdir)
-    name = resolve_dataset(args.dataset, paths)
-    splits = json.loads((paths.preprocessed / name / "splits_final.json").read_text())
-    raw = paths.raw / name
-    scored = tuple(s for s in args.scored_sources.split(",") if s) if args.scored_sources else None
-    report = out_of_fold(args.bundle, raw, splits, out=args.out, subtypes=read_subtypes(raw),
-                         sources=read_sources(raw), scored_sources=scored,
+    data = held_out_data(args.dataset, args.workdir)
+    report = out_of_fold(args.bundle, data.raw, data.splits, out=args.out, subtypes=data.subtypes,
+                         sources=data.sources, scored_sources=scored_sources(args),
                          config=EngineConfig(backend="torch", device="cpu", num_threads=args.threads))
     if args.record:
         from training.export import record_metrics
