@@ -41,7 +41,15 @@ from pancreas.ensemble_engine import EnsembleEngine
 from pancreas.grid import check_grid
 from pancreas.nifti import Volume
 from pancreas.postprocess import largest_component
-from pancreas.prediction import Prediction, SoftPrediction, Timer, make_prediction, post_config, predict_file
+from pancreas.prediction import (
+    Prediction,
+    SoftPrediction,
+    Timer,
+    make_prediction,
+    post_config,
+    predict_file,
+    tta_enabled,
+)
 from pancreas.preprocess import (
     Box,
     Preprocessed,
@@ -78,7 +86,8 @@ class Engine:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = config.cudnn_benchmark
         self.window = WindowConfig(patch_size=tuple(backend.patch_size), step_size=config.step_size,
-                                   batch_size=config.batch_size, tta=config.tta, progress=config.progress)
+                                   batch_size=config.batch_size, tta=tta_enabled(bundle.metadata.inference, config),
+                                   progress=config.progress)
         self.post = post_config(bundle.metadata.inference, config)
         self.domain = InputDomain.from_training_data(bundle.metadata.training_data) or InputDomain()
         self.seg_spec = segmentation_spec(bundle.plans, bundle.metadata.network.configuration) \
@@ -103,7 +112,7 @@ class Engine:
                 "precision": self.backend.precision, "device": self.backend.device,
                 "patch_size": list(self.window.patch_size[1:] if self.plan.is_2d else self.window.patch_size),
                 "step_size": self.config.step_size,
-                "tta": self.config.tta, "folds": len(getattr(self.backend, "members", [self.backend])),
+                "tta": self.window.tta, "folds": len(getattr(self.backend, "members", [self.backend])),
                 "configuration": meta.network.configuration, "coarse_to_fine": self.config.coarse_to_fine,
                 "postprocess": self.post is not None}
 

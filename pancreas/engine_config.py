@@ -29,7 +29,8 @@ class EngineConfig:
     (default) takes the recommended precision for the chosen backend, else the best TensorRT engine
     (int8, fp16, fp32), else fp32 (:func:`pancreas.backends.resolve`).
     ``coarse_factor`` and ``roi_margin`` (a fraction of the patch, per axis) tune coarse-to-fine;
-    ``providers`` overrides the onnxruntime execution providers. ``postprocess=True`` applies the bundle's
+    ``providers`` overrides the onnxruntime execution providers. ``tta`` (mirroring test-time augmentation):
+    ``None`` (default) follows the bundle's ``metadata.inference["tta"]`` (off when unset). ``postprocess=True`` applies the bundle's
     recorded post-processing (``metadata.inference["postprocessing"]`` options; ``"postprocess": false``
     there turns it off); ``False`` always skips it. ``cudnn_benchmark`` sets ``torch.backends.cudnn.benchmark``
     on CUDA (the sliding window feeds one fixed patch shape, so cuDNN's autotuning pays off after warm-up).
@@ -40,7 +41,7 @@ class EngineConfig:
     precision: str = "auto"
     batch_size: int = 2
     step_size: float = 0.5
-    tta: bool = False
+    tta: bool | None = None
     coarse_to_fine: bool = False
     postprocess: bool = True
     compile: bool = False

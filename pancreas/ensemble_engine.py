@@ -126,7 +126,8 @@ class EnsembleEngine:
 
         return {"name": self.name, "version": self.bundle.metadata.version if self.bundle is not None else "",
                 "backend": joined("backend"), "precision": joined("precision"), "device": joined("device"),
-                "patch_size": None, "step_size": self.config.step_size, "tta": self.config.tta,
+                "patch_size": None, "step_size": self.config.step_size,
+                "tta": any(bool(i.get("tta")) for i in members.values()),
                 "folds": sum(int(i.get("folds", 1)) for i in members.values()),
                 "configuration": "ensemble(" + "+".join(str(i.get("configuration")) for i in members.values()) + ")",
                 "coarse_to_fine": self.config.coarse_to_fine, "postprocess": self.post is not None,

@@ -90,6 +90,11 @@ def make_prediction(mask: np.ndarray, volume: Volume, class_probabilities: np.nd
                       volumes_ml=volumes_ml(mask, volume.spacing), timings_ms=timings)
 
 
+def tta_enabled(inference: Mapping[str, Any], config: EngineConfig) -> bool:
+    """Mirroring TTA: ``config.tta`` when set, else the bundle's ``metadata.inference["tta"]`` (default off)."""
+    return bool(inference.get("tta", False)) if config.tta is None else config.tta
+
+
 def post_config(inference: Mapping[str, Any], config: EngineConfig) -> PostprocessConfig | None:
     """The post-processing a bundle's ``metadata.inference`` records, or None when it or ``config`` turns it off."""
     enabled = config.postprocess and inference.get("postprocess", True) is not False

@@ -42,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(flag, type=kind, default=None, choices=choices,
                             help=text.format(default=fields[field].default))
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                        help=f"mirroring test-time augmentation (default {'on' if fields['tta'].default else 'off'})")
+                        help="mirroring test-time augmentation (default: the bundle's recorded choice, "
+                             "metadata.inference.tta; off when unset)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -58,7 +58,8 @@ class Settings(BaseSettings):
 
     batch_size: int = Field(default=_ENGINE.batch_size, ge=1)
     step_size: float = Field(default=_ENGINE.step_size, gt=0, le=1)
-    tta: bool = _ENGINE.tta
+    #: Mirroring test-time augmentation; None (``PANCREAS_TTA=auto``) follows the bundle's ``metadata.inference["tta"]``.
+    tta: bool | None = _ENGINE.tta
     coarse_to_fine: bool = _ENGINE.coarse_to_fine
     postprocess: bool = _ENGINE.postprocess
     compile: bool = _ENGINE.compile
@@ -78,6 +79,11 @@ class Settings(BaseSettings):
         if value not in choices:
             raise ValueError(f"{info.field_name} {value!r} is not one of {', '.join(choices)}")
         return value
+
+    @field_validator("tta", mode="before")
+    @classmethod
+    def _auto_tta_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and value.strip().lower() in ("", "auto") else value
 
     @field_validator("api_key")
     @classmethod

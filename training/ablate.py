@@ -38,8 +38,10 @@ VARIANTS: dict[str, Variant] = {
     "da5_off": lambda o: replace(o, da5=False),
     "lesion_oversampling_on": lambda o: replace(o, lesion_oversample=0.5),
     "lesion_oversampling_off": lambda o: replace(o, lesion_oversample=0.0),
+    "lesion_oversampling_high": lambda o: replace(o, lesion_oversample=0.9),
     "seg_focal": lambda o: replace(o, seg_focal_gamma=2.0),
     "seg_lesion_weighted": lambda o: replace(o, seg_class_weights=(1.0, 1.0, 3.0)),
+    "phantoms_downweighted": lambda o: replace(o, source_weights={"phantom": 0.25}),
 }
 DEFAULT_VARIANTS = ("baseline", "head_gap", "head_multiscale", "head_attention", "weighting_learned", "focal_on",
                     "da5_on", "lesion_oversampling_off")

@@ -1,4 +1,5 @@
-"""Patch sampling for the multi-task trainer: lesion oversampling, subtype lookup, data-loader workers.
+"""Patch sampling for the multi-task trainer: lesion oversampling, per-source case weights, subtype lookup,
+data-loader workers.
 
 Subtypes travel with the batch through nnU-Net's own mechanism: ``nnUNetDataLoader.generate_train_batch``
 returns the case identifiers as ``batch['keys']``; the trainer maps them to subtypes with the table
@@ -8,6 +9,7 @@ returns the case identifiers as ``batch['keys']``; the trainer maps them to subt
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 
 from pancreas import LABELS
 from pancreas.errors import DatasetError
+from pancreas.sources import UNKNOWN
 from training.subtypes import SUBTYPES_FILE, read_sources, read_subtypes
 
 logger = logging.getLogger(__name__)
@@ -42,6 +45,19 @@ class LesionOversamplingDataLoader(nnUNetDataLoader):
                 and len(class_locations.get(self.lesion_label, ())) > 0 and np.random.uniform() < self.lesion_p):
             overwrite_class = self.lesion_label
         return super().get_bbox(data_shape, force_fg, class_locations, overwrite_class, verbose)
+
+
+def source_sampling_probabilities(identifiers: Sequence[str], sources: Mapping[str, str],
+                                  weights: Mapping[str, float] | None) -> np.ndarray | None:
+    """Per-case draw probabilities for nnU-Net's ``sampling_probabilities`` (aligned with ``identifiers``):
+    each case weighs ``weights[source]`` (1 for unlisted sources); None when ``weights`` is None."""
+    if weights is None:
+        return None
+    w = np.array([float(weights.get(sources.get(c, UNKNOWN), 1.0)) for c in identifiers])
+    if w.sum() <= 0:
+        raise DatasetError(f"source weights {dict(weights)} give every training case weight 0; "
+                           "at least one drawn source needs a weight > 0")
+    return w / w.sum()
 
 
 def read_subtype_table(dataset_dir: str | Path) -> dict[str, int]:

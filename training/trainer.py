@@ -59,7 +59,13 @@ from pancreas.errors import DatasetError
 from pancreas.metrics import macro_f1
 from pancreas.network import MultiTaskUNet, build_network
 from pancreas.sources import SOURCES, UNKNOWN
-from training.dataloading import LesionOversamplingDataLoader, find_sources, find_subtypes, make_augmenters
+from training.dataloading import (
+    LesionOversamplingDataLoader,
+    find_sources,
+    find_subtypes,
+    make_augmenters,
+    source_sampling_probabilities,
+)
 from training.holdout import evaluate_preprocessed
 from training.losses import (
     ClassificationLoss,
@@ -102,6 +108,10 @@ class TrainOptions:
     #: sources whose cases train the classifier (None: all). ``("phantom",)`` keeps real cases that are all
     #: one subtype from teaching "real texture means that subtype"; they still train the segmentation.
     cls_sources: tuple[str, ...] | None = None
+    #: relative weight with which a training case of each source is drawn for a patch (None: all cases
+    #: equally likely, nnU-Net's default; unlisted sources weigh 1). ``{"phantom": 0.25}`` draws each phantom
+    #: a quarter as often as each real case. Passed to nnU-Net's loader as ``sampling_probabilities``.
+    source_weights: dict[str, float] | None = None
     da5: bool = False
     num_workers: int = 0
     save_every: int = 50
@@ -112,6 +122,10 @@ class TrainOptions:
         if unknown or self.cls_sources == ():
             raise DatasetError(f"cls_sources {self.cls_sources!r}: each must be one of {list(SOURCES)} "
                                "(None trains the classifier on every case)")
+        weights = self.source_weights or {}
+        if sorted(set(weights) - set(SOURCES)) or not all(np.isfinite(w) and w >= 0 for w in weights.values()):
+            raise DatasetError(f"source_weights {self.source_weights!r}: keys must be among {list(SOURCES)}, "
+                               "weights finite and >= 0")
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -293,11 +307,14 @@ class MultiTaskTrainer(nnUNetTrainer):
         tr_keys, val_keys = self.do_split()
         self.require_previous_stage(list(tr_keys) + list(val_keys))
         ds_tr, ds_val = self.get_tr_and_val_datasets()
-        kw = {"oversample_foreground_percent": self.oversample_foreground_percent, "sampling_probabilities": None,
+        kw = {"oversample_foreground_percent": self.oversample_foreground_percent,
               "pad_sides": None, "probabilistic_oversampling": self.probabilistic_oversampling,
               "lesion_p": self.options.lesion_oversample, "lesion_label": LABELS["lesion"]}
-        dl_tr = LesionOversamplingDataLoader(ds_tr, self.batch_size, initial_patch, patch, lm, transforms=tr_t, **kw)
-        dl_val = LesionOversamplingDataLoader(ds_val, self.batch_size, patch, patch, lm, transforms=val_t, **kw)
+        weights = source_sampling_probabilities(ds_tr.identifiers, self.sources, self.options.source_weights)
+        dl_tr = LesionOversamplingDataLoader(ds_tr, self.batch_size, initial_patch, patch, lm, transforms=tr_t,
+                                             sampling_probabilities=weights, **kw)
+        dl_val = LesionOversamplingDataLoader(ds_val, self.batch_size, patch, patch, lm, transforms=val_t,
+                                              sampling_probabilities=None, **kw)
         tr, val = make_augmenters(dl_tr, dl_val, self.options.num_workers, self.device.type == "cuda")
         next(tr)
         next(val)
@@ -417,10 +434,12 @@ class MultiTaskTrainer(nnUNetTrainer):
                                             if self.configuration_manager.next_stage_names else None)
         finally:
             self.set_deep_supervision_enabled(True)
+        s = metrics["summary"]
+        s["held_out"] = self.fold != "all"  # nnU-Net's fold 'all' "validates" on its own training cases
         with open(f"{self.output_folder}/validation_metrics.json", "w") as f:
             json.dump(metrics, f, indent=1)
-        s = metrics["summary"]
-        logger.info("fold %s held-out (%d cases): whole DSC %.3f  lesion DSC %.3f  macro-F1 %.3f", self.fold,
+        logger.info("fold %s %s (%d cases): whole DSC %.3f  lesion DSC %.3f  macro-F1 %.3f", self.fold,
+                    "held-out" if s["held_out"] else "training cases (fold all: none held out)",
                     s["n_cases"], s["dice_whole"], s["dice_lesion"], s["macro_f1"])
         return metrics
 

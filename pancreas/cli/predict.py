@@ -25,7 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=d.batch_size,
                         help="patches per backend call (default: %(default)s)")
     parser.add_argument("--step-size", type=float, default=d.step_size, help="sliding-window step, fraction of the patch")
-    parser.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (8x slower)")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                        help="mirroring test-time augmentation, 8x the network passes (default: the bundle's "
+                             "recorded choice, metadata.inference.tta; off when unset)")
     parser.add_argument("--coarse-to-fine", action="store_true", help="low-resolution ROI pass first")
     parser.add_argument("--no-postprocess", action="store_true", help="skip largest-component/lesion cleanup")
     parser.add_argument("--compile", action="store_true", help="torch.compile the torch backend")

@@ -200,6 +200,24 @@ def test_settings_names_match_the_service(services: dict[str, dict[str, Any]]) -
         assert not unknown, f"{name}: unknown settings {sorted(unknown)}"
 
 
+def test_compose_settings_defaults_parse(services: dict[str, dict[str, Any]], monkeypatch) -> None:
+    """The service's interpolated PANCREAS_* defaults load as Settings; TTA follows the bundle by default."""
+    from service.settings import Settings
+
+    for name, svc in services.items():
+        env = {k: str(v) for k, v in svc.get("environment", {}).items() if k.startswith("PANCREAS_")}
+        if "PANCREAS_TTA" not in env:
+            continue
+        for key, value in env.items():
+            if key != "PANCREAS_BUNDLE" or value:  # empty PANCREAS_BUNDLE: the image's demo bundle
+                monkeypatch.setenv(key, value)
+        settings = Settings()
+        assert settings.tta is None, f"{name}: PANCREAS_TTA={env['PANCREAS_TTA']!r} should follow the bundle"
+        assert settings.engine_config().tta is None
+        monkeypatch.setenv("PANCREAS_TTA", "false")
+        assert Settings().tta is False
+
+
 def copied_files(dockerfile_text: str) -> set[str]:
     """Container paths of the files the final stage COPYs from the build context."""
     final = dockerfile_text.split("\nFROM ")[-1]

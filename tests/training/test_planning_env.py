@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import os
 from typing import ClassVar
@@ -124,3 +125,41 @@ def test_external_trainer_lookup_finds_our_trainer() -> None:
                                       cleanup_imports_from_base_folder=True)
     assert cls is not None and issubclass(cls, nnUNetTrainer)
     assert cls.default_options.head.variant == "mask"
+
+
+def test_source_weights_set_nnunet_draw_probabilities() -> None:
+    """``TrainOptions.source_weights`` becomes nnU-Net's ``sampling_probabilities``; its loader draws by them."""
+    from training.dataloading import LesionOversamplingDataLoader, source_sampling_probabilities
+
+    class Data:
+        identifiers: ClassVar[list[str]] = ["r1", "r2", "p1", "p2"]
+
+    sources = {"r1": "real", "r2": "real", "p1": "phantom", "p2": "phantom"}
+    assert source_sampling_probabilities(Data.identifiers, sources, None) is None
+    p = source_sampling_probabilities(Data.identifiers, sources, {"phantom": 0.25})
+    np.testing.assert_allclose(p, [0.4, 0.4, 0.1, 0.1])
+    dl = LesionOversamplingDataLoader(Data(), 2, (8, 8, 8), (8, 8, 8), _LabelManager(), sampling_probabilities=p)
+    np.random.seed(0)
+    drawn = [k for _ in range(2000) for k in dl.get_indices()]
+    phantom_share = np.mean([k.startswith("p") for k in drawn])
+    assert phantom_share == pytest.approx(0.2, abs=0.03)
+    with pytest.raises(DatasetError, match="weight 0"):
+        source_sampling_probabilities(Data.identifiers, sources, {"phantom": 0.0, "real": 0.0})
+
+
+def test_source_weights_validated() -> None:
+    from training.trainer import TrainOptions
+
+    with pytest.raises(DatasetError, match="source_weights"):
+        TrainOptions(source_weights={"scanner": 1.0})
+    with pytest.raises(DatasetError, match="source_weights"):
+        TrainOptions(source_weights={"phantom": -1.0})
+
+
+def test_cli_fold_names() -> None:
+    from training.cli.train import _source_weights, nnunet_fold
+
+    assert nnunet_fold("3") == 3 and nnunet_fold("full") == "all" and nnunet_fold("quiz") == "quiz"
+    assert _source_weights("phantom=0.25,real=1") == {"phantom": 0.25, "real": 1.0}
+    with pytest.raises(argparse.ArgumentTypeError, match="SOURCE=WEIGHT"):
+        _source_weights("phantom")

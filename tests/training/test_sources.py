@@ -173,3 +173,30 @@ def test_bundle_training_data_and_oof(mixed_run, tmp_path) -> None:
     text = (tmp_path / "oof" / "oof.md").read_text()
     assert "| real |" in text and "| phantom |" in text
     assert (tmp_path / "oof" / "oof_dsc.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_fold_full_trains_on_every_case(mixed_run, tmp_path) -> None:
+    """``pancreas train --fold full`` is nnU-Net's fold ``all`` (fold_all, nothing held out, its scores marked so);
+    ``--source-weights`` is recorded; ``export-bundle --folds full --tta`` exports it with TTA as its default."""
+    from pancreas.bundle import Bundle
+    from pancreas.cli import main
+
+    root, plan, _, _ = mixed_run
+    common = ["--workdir", str(root), "--plans", plan.plans_identifier]
+    assert main(["train", str(MIX_ID), *common, "--fold", "full", "--epochs", "1", "--iters-per-epoch", "2",
+                 "--val-iters", "1", "--warmup-epochs", "0", "--optimizer", "adamw", "--threads", "2",
+                 "--cls-sources", "phantom", "--source-weights", "phantom=0.5"]) == 0
+    folder = next((root / "nnUNet_results" / plan.dataset).glob(f"MultiTaskTrainer__{plan.plans_identifier}__3d_fullres"))
+    metrics = json.loads((folder / "fold_all" / "validation_metrics.json").read_text())["summary"]
+    assert metrics["held_out"] is False and metrics["n_cases"] == 12  # every case, all trained on
+    held_out = json.loads((folder / "fold_0" / "validation_metrics.json").read_text())["summary"]
+    assert held_out["held_out"] is True and held_out["n_cases"] < 12
+    options = json.loads((folder / "fold_all" / "train_options.json").read_text())
+    assert options["source_weights"] == {"phantom": 0.5}
+    out = tmp_path / "bundle_full"
+    assert main(["export-bundle", "--dataset", str(MIX_ID), *common, "--folds", "full", "--tta", "--out", str(out)]) == 0
+    bundle = Bundle.load(out)
+    assert [a.fold for a in bundle.metadata.artifacts] == ["all"]
+    assert bundle.metadata.inference["tta"] is True  # engines mirror by default for this bundle
+    assert bundle.metadata.metrics["folds"]["all"]["held_out"] is False

@@ -12,7 +12,8 @@ from pathlib import Path
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True, help="dataset id (501) or name")
     parser.add_argument("--config", default="3d_fullres", help="nnU-Net configuration (%(default)s)")
-    parser.add_argument("--folds", default="0", help="comma-separated folds, e.g. 0,1,2,3,4 or quiz (%(default)s)")
+    parser.add_argument("--folds", default="0",
+                        help="comma-separated folds, e.g. 0,1,2,3,4, quiz or full (nnU-Net's fold_all) (%(default)s)")
     parser.add_argument("--plans", default="nnUNetPlans", help="plans identifier, e.g. nnUNetPlansTiny")
     parser.add_argument("--checkpoint", choices=("final", "best"), default="final")
     parser.add_argument("--da5", action="store_true", help="the folds were trained with --da5")
@@ -21,6 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", default=None, help="bundle name (default: DATASET-CONFIG)")
     parser.add_argument("--description", default="")
     parser.add_argument("--metrics", type=Path, default=None, help="JSON file of extra metrics to record")
+    parser.add_argument("--tta", action="store_true",
+                        help="record mirroring test-time augmentation as the bundle's default (metadata.inference.tta)")
     parser.add_argument("--out", type=Path, required=True, help="bundle folder (replaced if it exists)")
     parser.add_argument("--evaluate-on", type=Path, default=None, metavar="QUIZ_SPLIT_DIR",
                         help="labelled phantom split (e.g. phantoms/validation): run pancreas predict + evaluate "
@@ -32,15 +35,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from training.cli.train import nnunet_fold
     from training.export import bundle_size_mb, export_bundle
     from training.nnunet_env import configure
 
     configure(args.workdir)
-    folds = [int(f) if f.isdigit() else f for f in args.folds.split(",") if f]
+    folds = [nnunet_fold(f) for f in args.folds.split(",") if f]
     extra = json.loads(args.metrics.read_text()) if args.metrics else None
     bundle = export_bundle(args.dataset, configuration=args.config, folds=folds, plans_identifier=args.plans,
                            out=args.out, da5=args.da5, checkpoint=args.checkpoint, name=args.name, trainer_name=args.trainer,
-                           description=args.description, metrics=extra,
+                           description=args.description, metrics=extra, inference={"tta": True} if args.tta else None,
                            **({"licence_note": args.licence_note} if args.licence_note else {}))
     if args.evaluate_on:
         import tempfile

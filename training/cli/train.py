@@ -2,7 +2,8 @@
 Example: ``pancreas train 501 --config 3d_fullres --fold 0 --plans nnUNetPlansTiny --epochs 20
 --iters-per-epoch 25 --variant mask --device cpu``. ``--fold all`` runs the 5 folds of nnU-Net's split and
 writes the CV summary (JSON, markdown, PNG); ``--fold quiz`` trains on the quiz train split and validates
-on its validation split."""
+on its validation split; ``--fold full`` is nnU-Net's fold ``all``: every case trains (``fold_all``), so
+nothing is held out (the final model of a recipe whose folds were validated)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,28 @@ import argparse
 from pathlib import Path
 
 HEADS = ("gap", "multiscale", "attention", "mask")
+#: CLI word for nnU-Net's fold ``all`` (train on every case); ``--fold all`` here means 5-fold CV.
+FULL_FOLD = "full"
+
+
+def nnunet_fold(text: str) -> int | str:
+    """The nnU-Net fold a CLI fold names: ``0``-``4`` -> int, ``full`` -> ``"all"``, others unchanged."""
+    if text.isdigit():
+        return int(text)
+    return "all" if text == FULL_FOLD else text
 
 
 def _weights(text: str) -> tuple[float, ...]:
     return tuple(float(v) for v in text.split(","))
+
+
+def _source_weights(text: str) -> dict[str, float]:
+    try:
+        pairs = [item.split("=", 1) for item in text.split(",") if item]
+        return {k.strip(): float(v) for k, v in pairs}
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected SOURCE=WEIGHT[,SOURCE=WEIGHT], "
+                                         "e.g. phantom=0.25") from exc
 
 
 def add_training_options(parser: argparse.ArgumentParser) -> None:
@@ -41,6 +60,9 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cls-sources", default=None, metavar="SOURCES",
                         help="comma-separated case sources that train the classifier, e.g. phantom (default: all); "
                              "the others still train the segmentation")
+    parser.add_argument("--source-weights", type=_source_weights, default=None, metavar="SOURCE=W,...",
+                        help="relative draw weight of each case source's training cases, e.g. phantom=0.25 "
+                             "(default: every case equally likely; unlisted sources weigh 1)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--workers", type=int, default=0, help="data-augmentation processes (0: in-process)")
@@ -50,7 +72,8 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_training_options(parser)
-    parser.add_argument("--fold", default="0", help="0-4, all (5-fold CV) or quiz (quiz train/validation split)")
+    parser.add_argument("--fold", default="0", help="0-4, all (5-fold CV), quiz (quiz train/validation split) or "
+                        f"{FULL_FOLD} (nnU-Net's fold 'all': every case trains, none held out)")
     parser.add_argument("--variant", choices=HEADS, default="mask", help="classification head")
     parser.add_argument("--out", type=Path, default=None, help="CV summary folder (default: results folder)")
 
@@ -67,7 +90,7 @@ def options_from_args(args: argparse.Namespace, **overrides: object):
         "weighting": args.weighting, "cls_focal_gamma": args.focal, "label_smoothing": args.label_smoothing,
         "seg_focal_gamma": args.seg_focal, "seg_class_weights": args.seg_class_weights,
         "lesion_oversample": args.lesion_oversample, "oversample_foreground": args.oversample_foreground,
-        "da5": args.da5, "num_workers": args.workers,
+        "da5": args.da5, "num_workers": args.workers, "source_weights": args.source_weights,
         "cls_sources": tuple(v for v in args.cls_sources.split(",") if v) if args.cls_sources else None}
     kw.update(overrides)
     return TrainOptions(**kw)
@@ -89,11 +112,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from training.runner import train_fold
 
-    fold: int | str = int(args.fold) if args.fold.isdigit() else args.fold
+    fold = nnunet_fold(args.fold)
     result = train_fold(args.dataset, fold=fold, **common)
     s = result.metrics.get("summary", {})
     print(f"fold {fold}: {result.output_folder}")
     if s:
-        print(f"held-out ({s['n_cases']} cases): whole DSC {s['dice_whole']:.4f}  lesion DSC {s['dice_lesion']:.4f}  "
+        scope = "held-out" if s.get("held_out", True) else "training cases, not held out"
+        print(f"{scope} ({s['n_cases']} cases): whole DSC {s['dice_whole']:.4f}  lesion DSC {s['dice_lesion']:.4f}  "
               f"macro-F1 {s['macro_f1']:.4f}")
     return 0

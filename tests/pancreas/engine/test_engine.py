@@ -244,3 +244,28 @@ def test_cuda_out_of_memory_falls_back_to_cpu_aggregation(bundle, make_ct, make_
         pred = engine.predict(vol)
     assert engine.backend.calls_on_gpu == 1 and "retrying with preprocessing and aggregation on the CPU" in caplog.text
     assert (pred.mask == reference.mask).mean() > 0.999
+
+
+def test_bundle_records_tta_and_config_overrides_it(bundle, make_ct, make_volume, tmp_path) -> None:
+    """``metadata.inference.tta`` turns mirroring on by default; ``EngineConfig(tta=False)`` still turns it off."""
+    import shutil
+
+    from pancreas.bundle import Bundle
+
+    root = tmp_path / "tta_bundle"
+    shutil.copytree(bundle.root, root)
+    meta_file = root / "configs" / "metadata.json"
+    meta = json.loads(meta_file.read_text())
+    meta["inference"] = {**meta.get("inference", {}), "tta": True}
+    meta_file.write_text(json.dumps(meta))
+    recorded = Bundle.load(root)
+    vol = make_volume(make_ct((16, 32, 32), seed=9), SPACING)
+    follows = Engine.from_bundle(recorded, CPU)
+    assert follows.info["tta"] is True and Engine.from_bundle(bundle, CPU).info["tta"] is False
+    off = Engine.from_bundle(recorded, EngineConfig(backend="torch", device="cpu", tta=False))
+    assert off.info["tta"] is False
+    mirrored = Engine.from_bundle(bundle, EngineConfig(backend="torch", device="cpu", tta=True))
+    p_follow, p_off = follows.predict_soft(vol).probabilities, off.predict_soft(vol).probabilities
+    np.testing.assert_allclose(p_follow, mirrored.predict_soft(vol).probabilities, atol=1e-6)
+    assert np.abs(p_follow - p_off).max() > 1e-4  # a random network is not mirror-symmetric
+    assert ensemble_of([follows, off]).info["tta"] is True
