@@ -45,10 +45,12 @@ from pancreas.prediction import (
     Prediction,
     SoftPrediction,
     Timer,
+    class_weights,
     make_prediction,
     post_config,
     predict_file,
     tta_enabled,
+    weighted_labels,
 )
 from pancreas.preprocess import (
     Box,
@@ -89,6 +91,7 @@ class Engine:
                                    batch_size=config.batch_size, tta=tta_enabled(bundle.metadata.inference, config),
                                    progress=config.progress)
         self.post = post_config(bundle.metadata.inference, config)
+        self.class_weights = class_weights(bundle.metadata.inference, config, bundle.metadata.network.num_seg_classes)
         self.domain = InputDomain.from_training_data(bundle.metadata.training_data) or InputDomain()
         self.seg_spec = segmentation_spec(bundle.plans, bundle.metadata.network.configuration) \
             if self.previous is not None else None
@@ -224,7 +227,7 @@ class Engine:
         """The canonical label map (not post-processed) and the subtype probabilities, timed into ``timer``."""
         logits, pre, cls = self._segment(volume, timer, cancel)
         with timer("export"):
-            mask = paste_canonical(argmax_labels(logits).cpu().numpy(), pre, self.plan)
+            mask = paste_canonical(weighted_labels(logits, self.class_weights).cpu().numpy(), pre, self.plan)
         return mask, cls
 
     def check_input(self, volume: Volume) -> tuple[int, int, int]:

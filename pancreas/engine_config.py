@@ -30,7 +30,9 @@ class EngineConfig:
     (int8, fp16, fp32), else fp32 (:func:`pancreas.backends.resolve`).
     ``coarse_factor`` and ``roi_margin`` (a fraction of the patch, per axis) tune coarse-to-fine;
     ``providers`` overrides the onnxruntime execution providers. ``tta`` (mirroring test-time augmentation):
-    ``None`` (default) follows the bundle's ``metadata.inference["tta"]`` (off when unset). ``postprocess=True`` applies the bundle's
+    ``None`` (default) follows the bundle's ``metadata.inference["tta"]`` (off when unset). ``class_weights``:
+    one factor per label on the softmax probabilities before the argmax (``(1, 1, 4)`` favours the lesion);
+    ``None`` (default) follows ``metadata.inference["class_weights"]`` (plain argmax when unset). ``postprocess=True`` applies the bundle's
     recorded post-processing (``metadata.inference["postprocessing"]`` options; ``"postprocess": false``
     there turns it off); ``False`` always skips it. ``cudnn_benchmark`` sets ``torch.backends.cudnn.benchmark``
     on CUDA (the sliding window feeds one fixed patch shape, so cuDNN's autotuning pays off after warm-up).
@@ -42,6 +44,7 @@ class EngineConfig:
     batch_size: int = 2
     step_size: float = 0.5
     tta: bool | None = None
+    class_weights: tuple[float, ...] | None = None
     coarse_to_fine: bool = False
     postprocess: bool = True
     compile: bool = False
@@ -56,9 +59,18 @@ class EngineConfig:
     def __post_init__(self) -> None:
         checks = {"batch_size": self.batch_size >= 1, "step_size": 0 < self.step_size <= 1,
                   "coarse_factor": self.coarse_factor > 1, "roi_margin": self.roi_margin >= 0,
-                  "num_threads": self.num_threads is None or self.num_threads >= 1}
+                  "num_threads": self.num_threads is None or self.num_threads >= 1,
+                  "class_weights": self.class_weights is None or all(w > 0 for w in self.class_weights)}
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise PancreasError(f"invalid engine option(s) {', '.join(f'{b}={getattr(self, b)!r}' for b in bad)}: "
                                 "batch_size >= 1, 0 < step_size <= 1, coarse_factor > 1, roi_margin >= 0, "
-                                "num_threads >= 1")
+                                "num_threads >= 1, class_weights > 0")
+
+
+def class_weight_list(text: str) -> tuple[float, ...]:
+    """``"1,1,4"`` -> ``(1.0, 1.0, 4.0)``: the command-line form of ``EngineConfig.class_weights``."""
+    weights = tuple(float(v) for v in text.split(",") if v.strip())
+    if not weights or any(w <= 0 for w in weights):
+        raise ValueError(f"class weights {text!r}: comma-separated positive factors, one per label")
+    return weights

@@ -28,7 +28,15 @@ from pancreas.engine_config import EngineConfig
 from pancreas.errors import BundleError, JobCancelled
 from pancreas.nifti import Volume
 from pancreas.postprocess import PostprocessConfig
-from pancreas.prediction import Prediction, SoftPrediction, Timer, make_prediction, post_config, predict_file
+from pancreas.prediction import (
+    Prediction,
+    SoftPrediction,
+    Timer,
+    class_weights,
+    make_prediction,
+    post_config,
+    predict_file,
+)
 from pancreas.preprocess import argmax_labels
 
 logger = logging.getLogger(__name__)
@@ -40,6 +48,7 @@ class MemberEngine(Protocol):
     bundle: Bundle | None
     config: EngineConfig
     post: PostprocessConfig | None
+    class_weights: np.ndarray | None
     domain: InputDomain
 
     @property
@@ -72,8 +81,9 @@ def _stages(timings: Mapping[str, float]) -> dict[str, float]:
 
 
 def combine(parts: Mapping[str, SoftPrediction], volume: Volume, post: PostprocessConfig | None,
-            domains: Sequence[InputDomain] = ()) -> Prediction:
-    """Average ``parts`` (member name -> soft prediction), argmax, post-process once; warnings of ``domains``.
+            domains: Sequence[InputDomain] = (), weights: np.ndarray | None = None) -> Prediction:
+    """Average ``parts`` (member name -> soft prediction), argmax (of ``weights`` x probabilities when given),
+    post-process once; warnings of ``domains``.
 
     ``timings_ms``: the members' stage sums plus this step's ``export`` and ``postprocess``; ``parts_ms``:
     each member's own stage timings (with its ``total``).
@@ -84,7 +94,8 @@ def combine(parts: Mapping[str, SoftPrediction], volume: Volume, post: Postproce
             timer.ms[stage] = timer.ms.get(stage, 0.0) + ms
     with timer("export"):
         probabilities, cls = average(list(parts.values()))
-        mask = argmax_labels(torch.from_numpy(probabilities)).numpy()
+        scores = probabilities if weights is None else probabilities * weights.astype(np.float32)[:, None, None, None]
+        mask = argmax_labels(torch.from_numpy(scores)).numpy()
     pred = make_prediction(mask, volume, cls, post, timer)
     pred.parts_ms = {name: {**_stages(p.timings_ms), "total": sum(_stages(p.timings_ms).values())}
                      for name, p in parts.items()}
@@ -98,8 +109,8 @@ class EnsembleEngine:
 
     Build one with :meth:`pancreas.engine.Engine.from_bundle` on an ensemble bundle (``metadata.members``),
     or with :func:`ensemble_of` from engines already built (``pancreas predict -m A -m B``; ``bundle`` is
-    then None). Post-processing follows the ensemble bundle's ``metadata.inference`` (an ad-hoc ensemble:
-    its first member's); ``domain`` is its first member's.
+    then None). Post-processing and class weights follow the ensemble bundle's ``metadata.inference`` (an
+    ad-hoc ensemble: its first member's); ``domain`` is its first member's.
     """
 
     def __init__(self, members: Mapping[str, MemberEngine], config: EngineConfig, bundle: Bundle | None = None
@@ -111,6 +122,8 @@ class EnsembleEngine:
         self.bundle = bundle
         first = next(iter(self.members.values()))
         self.post = first.post if bundle is None else post_config(bundle.metadata.inference, config)
+        self.class_weights = first.class_weights if bundle is None else class_weights(
+            bundle.metadata.inference, config, bundle.metadata.network.num_seg_classes)
         self.domain = first.domain
 
     @property
@@ -153,7 +166,7 @@ class EnsembleEngine:
     def predict(self, volume: Volume, *, cancel: threading.Event | None = None) -> Prediction:
         """Segment and classify one canonical volume with every member; see :func:`combine`."""
         domains = [member.domain for member in self.members.values()]
-        return combine(self._parts(volume, cancel), volume, self.post, domains)
+        return combine(self._parts(volume, cancel), volume, self.post, domains, self.class_weights)
 
     def predict_soft(self, volume: Volume, *, cancel: threading.Event | None = None) -> SoftPrediction:
         """The members' averaged probabilities (an ensemble can itself be a member); timings are the sums."""

@@ -19,8 +19,10 @@ import torch
 from pancreas import LABELS
 from pancreas.domain import InputWarning
 from pancreas.engine_config import EngineConfig
+from pancreas.errors import PancreasError
 from pancreas.nifti import Volume, read_volume
 from pancreas.postprocess import PostprocessConfig, postprocess
+from pancreas.preprocess import argmax_labels
 
 
 @dataclass
@@ -93,6 +95,30 @@ def make_prediction(mask: np.ndarray, volume: Volume, class_probabilities: np.nd
 def tta_enabled(inference: Mapping[str, Any], config: EngineConfig) -> bool:
     """Mirroring TTA: ``config.tta`` when set, else the bundle's ``metadata.inference["tta"]`` (default off)."""
     return bool(inference.get("tta", False)) if config.tta is None else config.tta
+
+
+def class_weights(inference: Mapping[str, Any], config: EngineConfig, n_classes: int) -> np.ndarray | None:
+    """Per-label factors on the probabilities before the argmax: ``config.class_weights`` when set, else the
+    bundle's ``metadata.inference["class_weights"]``; None for a plain argmax (unset or all 1)."""
+    given = config.class_weights if config.class_weights is not None else inference.get("class_weights")
+    if given is None:
+        return None
+    try:
+        weights = np.asarray(given, dtype=np.float64)
+    except (TypeError, ValueError):
+        weights = np.zeros(0)
+    if weights.shape != (n_classes,) or not np.all(np.isfinite(weights)) or np.any(weights <= 0):
+        raise PancreasError(f"class_weights {given!r}: need {n_classes} positive factors, one per label "
+                            f"({', '.join(LABELS)})")
+    return None if np.all(weights == 1) else weights
+
+
+def weighted_labels(logits: torch.Tensor, weights: np.ndarray | None) -> torch.Tensor:
+    """Argmax of ``weights`` x softmax(``logits``) (``[C, ...]``), i.e. of ``logits + log(weights)``; uint8."""
+    if weights is None:
+        return argmax_labels(logits)
+    shift = torch.from_numpy(np.log(weights)).to(logits.device, torch.float32).view(-1, *([1] * (logits.ndim - 1)))
+    return argmax_labels(logits + shift)
 
 
 def post_config(inference: Mapping[str, Any], config: EngineConfig) -> PostprocessConfig | None:

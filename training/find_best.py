@@ -188,7 +188,8 @@ def find_best(bundles: Mapping[str, str | Path | Bundle], raw_dataset: str | Pat
                 soft_s[name] = time.perf_counter() - start
             for cand in cands:
                 start = time.perf_counter()
-                pred = combine({m: soft[m] for m in cand.members}, volume, engines[cand.members[0]][fold].post)
+                first = engines[cand.members[0]][fold]
+                pred = combine({m: soft[m] for m in cand.members}, volume, first.post, weights=first.class_weights)
                 seconds[cand.name].append(sum(soft_s[m] for m in cand.members) + time.perf_counter() - start)
                 pred_path = Path(tmp) / mask_name(case)
                 volume.write_mask(pred.mask, pred_path)

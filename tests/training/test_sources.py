@@ -195,8 +195,10 @@ def test_fold_full_trains_on_every_case(mixed_run, tmp_path) -> None:
     options = json.loads((folder / "fold_all" / "train_options.json").read_text())
     assert options["source_weights"] == {"phantom": 0.5}
     out = tmp_path / "bundle_full"
-    assert main(["export-bundle", "--dataset", str(MIX_ID), *common, "--folds", "full", "--tta", "--out", str(out)]) == 0
+    assert main(["export-bundle", "--dataset", str(MIX_ID), *common, "--folds", "full", "--tta",
+                 "--class-weights", "1,1,4", "--out", str(out)]) == 0
     bundle = Bundle.load(out)
     assert [a.fold for a in bundle.metadata.artifacts] == ["all"]
     assert bundle.metadata.inference["tta"] is True  # engines mirror by default for this bundle
+    assert bundle.metadata.inference["class_weights"] == [1.0, 1.0, 4.0]
     assert bundle.metadata.metrics["folds"]["all"]["held_out"] is False

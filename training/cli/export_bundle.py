@@ -8,6 +8,8 @@ import argparse
 import json
 from pathlib import Path
 
+from pancreas.engine_config import class_weight_list
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True, help="dataset id (501) or name")
@@ -24,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics", type=Path, default=None, help="JSON file of extra metrics to record")
     parser.add_argument("--tta", action="store_true",
                         help="record mirroring test-time augmentation as the bundle's default (metadata.inference.tta)")
+    parser.add_argument("--class-weights", type=class_weight_list, default=None, metavar="W0,W1,W2",
+                        help="record factors on the label probabilities before the argmax as the bundle's default "
+                             "(metadata.inference.class_weights), e.g. 1,1,4 to favour the lesion")
     parser.add_argument("--out", type=Path, required=True, help="bundle folder (replaced if it exists)")
     parser.add_argument("--evaluate-on", type=Path, default=None, metavar="QUIZ_SPLIT_DIR",
                         help="labelled phantom split (e.g. phantoms/validation): run pancreas predict + evaluate "
@@ -32,6 +37,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--licence-note", default=None,
                         help="where the training data came from and its licence, recorded in training_data")
     parser.add_argument("--workdir", type=Path, default=Path("work_dirs"))
+
+
+def recorded_inference(args: argparse.Namespace) -> dict[str, object]:
+    """The inference defaults ``--tta`` / ``--class-weights`` record in ``metadata.inference``."""
+    recorded: dict[str, object] = {"tta": True} if args.tta else {}
+    if args.class_weights is not None:
+        recorded["class_weights"] = list(args.class_weights)
+    return recorded
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     extra = json.loads(args.metrics.read_text()) if args.metrics else None
     bundle = export_bundle(args.dataset, configuration=args.config, folds=folds, plans_identifier=args.plans,
                            out=args.out, da5=args.da5, checkpoint=args.checkpoint, name=args.name, trainer_name=args.trainer,
-                           description=args.description, metrics=extra, inference={"tta": True} if args.tta else None,
+                           description=args.description, metrics=extra, inference=recorded_inference(args),
                            **({"licence_note": args.licence_note} if args.licence_note else {}))
     if args.evaluate_on:
         import tempfile

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from training.cli.oof import add_held_out_arguments, scored_sources
+from training.cli.oof import add_held_out_arguments, engine_config, scored_sources
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,14 +24,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from pancreas.engine import EngineConfig
     from training.find_best import find_best, parse_models
     from training.oof import held_out_data
 
     data = held_out_data(args.dataset, args.workdir)
     result = find_best(parse_models(args.model), data.raw, data.splits, out=args.out, subtypes=data.subtypes,
                        sources=data.sources, scored_sources=scored_sources(args), ensembles=not args.no_ensembles,
-                       config=EngineConfig(backend="torch", device="cpu", num_threads=args.threads))
+                       config=engine_config(args))
     print(result.markdown())
     logging.getLogger(__name__).info("written: %s", result.files)
     return 0

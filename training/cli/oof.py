@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pancreas.engine_config import class_weight_list
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("bundle", type=Path, help="bundle exported with --folds 0,1,2,3,4")
@@ -17,13 +19,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_held_out_arguments(parser: argparse.ArgumentParser, *, out_help: str) -> None:
-    """The flags of every out-of-fold command (``oof``, ``find-best``): dataset, workdir, out, scored sources, threads."""
+    """The flags of every out-of-fold command (``oof``, ``find-best``): dataset, workdir, out, scored sources,
+    threads, TTA and class weights."""
     parser.add_argument("--dataset", required=True, help="dataset id or name the folds were trained on")
     parser.add_argument("--workdir", type=Path, default=Path("work_dirs"), help="nnU-Net work root (%(default)s)")
     parser.add_argument("--out", type=Path, required=True, help=out_help)
     parser.add_argument("--scored-sources", default=None,
                         help="comma-separated sources whose subtype is scored (those that trained the classifier)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                        help="mirroring test-time augmentation (default: each bundle's metadata.inference.tta)")
+    parser.add_argument("--class-weights", type=class_weight_list, default=None, metavar="W0,W1,W2",
+                        help="factors on the label probabilities before the argmax (default: each bundle's "
+                             "metadata.inference.class_weights)")
+
+
+def engine_config(args: argparse.Namespace):
+    """The engine every out-of-fold command scores with: torch on CPU, plus the TTA/class-weight overrides."""
+    from pancreas.engine_config import EngineConfig
+
+    return EngineConfig(backend="torch", device="cpu", num_threads=args.threads, tta=args.tta,
+                        class_weights=args.class_weights)
 
 
 def scored_sources(args: argparse.Namespace) -> tuple[str, ...] | None:
@@ -31,19 +47,24 @@ def scored_sources(args: argparse.Namespace) -> tuple[str, ...] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pancreas.engine import EngineConfig
     from training.oof import held_out_data, out_of_fold
 
     data = held_out_data(args.dataset, args.workdir)
     report = out_of_fold(args.bundle, data.raw, data.splits, out=args.out, subtypes=data.subtypes,
                          sources=data.sources, scored_sources=scored_sources(args),
-                         config=EngineConfig(backend="torch", device="cpu", num_threads=args.threads))
+                         config=engine_config(args))
     if args.record:
         from training.export import record_metrics
 
         record_metrics(args.bundle, {**report.bundle_metrics(),
                                      "oof_measured_with": "pancreas oof (torch, cpu, each fold on its held-out cases, "
-                                                          "original grid, postprocessing as recorded)"})
+                                                          "original grid, postprocessing as recorded; TTA "
+                                                          f"{_setting(args.tta)}, class weights "
+                                                          f"{_setting(args.class_weights)})"})
     print(report.markdown().split("\n\n| case")[0])
     print(f"written: {report.files}")
     return 0
+
+
+def _setting(value: object) -> str:
+    return "as the bundle records" if value is None else str(value)

@@ -248,17 +248,7 @@ def test_cuda_out_of_memory_falls_back_to_cpu_aggregation(bundle, make_ct, make_
 
 def test_bundle_records_tta_and_config_overrides_it(bundle, make_ct, make_volume, tmp_path) -> None:
     """``metadata.inference.tta`` turns mirroring on by default; ``EngineConfig(tta=False)`` still turns it off."""
-    import shutil
-
-    from pancreas.bundle import Bundle
-
-    root = tmp_path / "tta_bundle"
-    shutil.copytree(bundle.root, root)
-    meta_file = root / "configs" / "metadata.json"
-    meta = json.loads(meta_file.read_text())
-    meta["inference"] = {**meta.get("inference", {}), "tta": True}
-    meta_file.write_text(json.dumps(meta))
-    recorded = Bundle.load(root)
+    recorded = _with_inference(bundle, tmp_path / "tta_bundle", tta=True)
     vol = make_volume(make_ct((16, 32, 32), seed=9), SPACING)
     follows = Engine.from_bundle(recorded, CPU)
     assert follows.info["tta"] is True and Engine.from_bundle(bundle, CPU).info["tta"] is False
@@ -269,3 +259,56 @@ def test_bundle_records_tta_and_config_overrides_it(bundle, make_ct, make_volume
     np.testing.assert_allclose(p_follow, mirrored.predict_soft(vol).probabilities, atol=1e-6)
     assert np.abs(p_follow - p_off).max() > 1e-4  # a random network is not mirror-symmetric
     assert ensemble_of([follows, off]).info["tta"] is True
+
+
+def _with_inference(bundle, root: Path, **inference):
+    """A copy of ``bundle`` whose ``metadata.inference`` also records ``inference``."""
+    import shutil
+
+    from pancreas.bundle import Bundle
+
+    shutil.copytree(bundle.root, root)
+    meta_file = root / "configs" / "metadata.json"
+    meta = json.loads(meta_file.read_text())
+    meta["inference"] = {**meta.get("inference", {}), **inference}
+    meta_file.write_text(json.dumps(meta))
+    return Bundle.load(root)
+
+
+def test_class_weights_scale_probabilities_before_the_argmax() -> None:
+    import torch
+
+    from pancreas.errors import PancreasError
+    from pancreas.prediction import class_weights, weighted_labels
+
+    logits = torch.randn(3, 4, 5, 6, generator=torch.Generator().manual_seed(0))
+    probs = torch.softmax(logits, 0).numpy()
+    w = class_weights({"class_weights": [1, 1, 4]}, EngineConfig(), 3)
+    np.testing.assert_array_equal(weighted_labels(logits, w).numpy(), np.argmax(probs * w[:, None, None, None], 0))
+    assert (weighted_labels(logits, w).numpy() == 2).sum() > (weighted_labels(logits, None).numpy() == 2).sum()
+    assert class_weights({"class_weights": [1, 1, 4]}, EngineConfig(class_weights=(1, 1, 1)), 3) is None
+    for bad in ([1, 2], [1, 0, 1], "x", [1, float("nan"), 1]):
+        with pytest.raises(PancreasError, match="3 positive factors"):
+            class_weights({"class_weights": bad}, EngineConfig(), 3)
+    with pytest.raises(Exception, match="class_weights"):
+        EngineConfig(class_weights=(1.0, -1.0, 1.0))
+
+
+def test_bundle_class_weights_reach_engine_and_ensemble(bundle, make_ct, make_volume, tmp_path) -> None:
+    """``metadata.inference.class_weights`` changes the label map (engine and ensemble); a malformed one is refused."""
+    from pancreas.errors import PancreasError
+
+    vol = make_volume(make_ct((16, 32, 32), seed=3), SPACING)
+    no_post = EngineConfig(backend="torch", device="cpu", postprocess=False)
+    lesion_heavy = _with_inference(bundle, tmp_path / "w", class_weights=[1.0, 1.0, 50.0])
+    plain = Engine.from_bundle(bundle, no_post).predict(vol).mask
+    weighted = Engine.from_bundle(lesion_heavy, no_post).predict(vol).mask
+    assert (weighted == 2).sum() > (plain == 2).sum()
+    overridden = Engine.from_bundle(lesion_heavy, EngineConfig(backend="torch", device="cpu", postprocess=False,
+                                                               class_weights=(1.0, 1.0, 1.0)))
+    np.testing.assert_array_equal(overridden.predict(vol).mask, plain)
+    pair = ensemble_of([Engine.from_bundle(lesion_heavy, no_post), Engine.from_bundle(lesion_heavy, no_post)])
+    np.testing.assert_array_equal(pair.predict(vol).mask, weighted)
+    broken = _with_inference(bundle, tmp_path / "broken", class_weights=[1.0, 2.0])
+    with pytest.raises(PancreasError, match="class_weights"):
+        Engine.from_bundle(broken, no_post)
