@@ -108,7 +108,7 @@ def _nnunet(mirroring: bool) -> Recipe:
 
 
 def _engine(name: str, backend: str, precision: str, artifact: str, *, compile: bool = False,
-            coarse_to_fine: bool = True, needs: str | None = None) -> Recipe:
+            coarse_to_fine: bool = True, needs: str | None = None, tta: bool = False) -> Recipe:
     def recipe(bundle: Bundle, env: Environment) -> tuple[str, str, dict[str, Any]] | str:
         if needs == "cuda" and not env.cuda:
             return "needs a CUDA GPU"
@@ -119,7 +119,7 @@ def _engine(name: str, backend: str, precision: str, artifact: str, *, compile: 
         if not _has(bundle, artifact, "fp32" if artifact == "torch" else precision):
             return f"bundle has no {artifact} {precision} artifact"
         device = "cuda" if env.cuda and (backend != "onnxruntime" or env.ort_cuda) else "cpu"
-        options = {"backend": backend, "precision": precision, "device": device, "tta": False,
+        options = {"backend": backend, "precision": precision, "device": device, "tta": tta,
                    "coarse_to_fine": coarse_to_fine, "compile": compile}
         return name, "engine", options
     return recipe
@@ -140,6 +140,8 @@ RECIPES: tuple[tuple[str, Recipe], ...] = (
                                         needs="cuda")),
     ("ort-fp32", _engine("ort-fp32", "onnxruntime", "fp32", "onnx", coarse_to_fine=False)),
     ("ort-fp32-c2f", _engine("ort-fp32-c2f", "onnxruntime", "fp32", "onnx")),
+    # with mirroring TTA, as nnunet-default mirrors (and as a bundle recording inference.tta runs by default)
+    ("ort-fp32-tta", _engine("ort-fp32-tta", "onnxruntime", "fp32", "onnx", coarse_to_fine=False, tta=True)),
     ("ort-int8-c2f", _engine("ort-int8-c2f", "onnxruntime", "int8", "onnx")),
     ("ort-fp16-c2f", _engine("ort-fp16-c2f", "onnxruntime", "fp16", "onnx", needs="cuda")),
     ("tensorrt-fp16-c2f", _engine("tensorrt-fp16-c2f", "tensorrt", "fp16", "tensorrt", needs="tensorrt")),

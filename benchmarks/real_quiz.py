@@ -18,6 +18,12 @@ time, summed from the ``history.json`` files it lists::
                         "sources": ["real", "phantom"],
                         "members": {"2d": {"histories": [".../fold_0/history.json"], "train": "pancreas train ..."}}}]
 
+An optional ``inference`` block compares engine settings (TTA, class weights) on the same fold models, one
+``pancreas oof`` report per row (its ``summary`` per source)::
+
+    "inference": {"note": "...", "rows": [{"model": "fold 0, 260 epochs", "setting": "TTA", "oof": "runs/.../oof.json",
+                                           "command": "pancreas oof ... --tta"}]}
+
 Only aggregates and case ids are written, never images.
 """
 
@@ -58,6 +64,26 @@ def ablation_table(rows: list[dict[str, Any]], root: Path) -> tuple[str, list[di
         lines.append(f"| {row['row']} | {row['change']} | {m['n']} | {m['whole']:.4f} | {m['lesion']:.4f} | "
                      f"{m['grid']} | `{row['command']}` |")
     return "\n".join(lines), measured
+
+
+def inference_table(rows: list[dict[str, Any]], root: Path) -> str:
+    """One row per out-of-fold report: the same fold models scored under another engine setting."""
+    lines = ["| model | engine setting | real cases | whole DSC | lesion DSC | phantom whole DSC | command |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for row in rows:
+        try:
+            summary = json.loads((root / row["oof"]).read_text())["summary"]
+        except FileNotFoundError:
+            logger.warning("inference row %r: %s missing, skipped", row["setting"], row["oof"])
+            continue
+        real, phantom = summary.get("real"), summary.get("phantom")
+        if real is None:
+            logger.warning("inference row %r: no real cases in %s, skipped", row["setting"], row["oof"])
+            continue
+        ph = f"{phantom['whole_dsc']:.4f} (n={phantom['n_cases']})" if phantom else "-"
+        lines.append(f"| {row['model']} | {row['setting']} | {real['n_cases']} | {real['whole_dsc']:.4f} | "
+                     f"{real['lesion_dsc']:.4f} | {ph} | `{row['command']}` |")
+    return "\n".join(lines)
 
 
 def plot_rows(measured: list[dict[str, Any]], path: Path) -> None:
@@ -128,6 +154,10 @@ def build(spec: dict[str, Any], root: Path, out: Path) -> str:
         plot_rows(measured, png)
     parts += ["## Ablation (one change per row, same real held-out cases, same budget)", "",
               spec.get("ablation_note", ""), "", table, "", f"![ablation]({png.name})", ""]
+    if spec.get("inference"):
+        block = spec["inference"]
+        parts += ["## Engine settings on the same fold models (out of fold, original grid)", "", block.get("note", ""),
+                  "", inference_table(block["rows"], root), ""]
     for block in spec.get("configurations", []):
         if not (root / block["find_best"]).is_file():
             logger.warning("configurations %r: %s missing, skipped", block.get("title"), block["find_best"])

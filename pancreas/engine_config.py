@@ -32,8 +32,8 @@ class EngineConfig:
     ``providers`` overrides the onnxruntime execution providers. ``tta`` (mirroring test-time augmentation):
     ``None`` (default) follows the bundle's ``metadata.inference["tta"]`` (off when unset). ``class_weights``:
     one factor per label on the softmax probabilities before the argmax (``(1, 1, 4)`` favours the lesion);
-    ``None`` (default) follows ``metadata.inference["class_weights"]`` (plain argmax when unset). ``postprocess=True`` applies the bundle's
-    recorded post-processing (``metadata.inference["postprocessing"]`` options; ``"postprocess": false``
+    ``None`` (default) follows ``metadata.inference["class_weights"]`` (plain argmax when unset).
+    ``postprocess=True`` applies the bundle's recorded post-processing (``metadata.inference["postprocessing"]`` options; ``"postprocess": false``
     there turns it off); ``False`` always skips it. ``cudnn_benchmark`` sets ``torch.backends.cudnn.benchmark``
     on CUDA (the sliding window feeds one fixed patch shape, so cuDNN's autotuning pays off after warm-up).
     """

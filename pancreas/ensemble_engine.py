@@ -94,7 +94,8 @@ def combine(parts: Mapping[str, SoftPrediction], volume: Volume, post: Postproce
             timer.ms[stage] = timer.ms.get(stage, 0.0) + ms
     with timer("export"):
         probabilities, cls = average(list(parts.values()))
-        scores = probabilities if weights is None else probabilities * weights.astype(np.float32)[:, None, None, None]
+        scores = probabilities if weights is None else \
+            probabilities * weights.astype(np.float32).reshape(-1, *([1] * (probabilities.ndim - 1)))
         mask = argmax_labels(torch.from_numpy(scores)).numpy()
     pred = make_prediction(mask, volume, cls, post, timer)
     pred.parts_ms = {name: {**_stages(p.timings_ms), "total": sum(_stages(p.timings_ms).values())}

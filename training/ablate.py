@@ -42,6 +42,7 @@ VARIANTS: dict[str, Variant] = {
     "seg_focal": lambda o: replace(o, seg_focal_gamma=2.0),
     "seg_lesion_weighted": lambda o: replace(o, seg_class_weights=(1.0, 1.0, 3.0)),
     "phantoms_downweighted": lambda o: replace(o, source_weights={"phantom": 0.25}),
+    "phantoms_halfweighted": lambda o: replace(o, source_weights={"phantom": 0.5}),
 }
 DEFAULT_VARIANTS = ("baseline", "head_gap", "head_multiscale", "head_attention", "weighting_learned", "focal_on",
                     "da5_on", "lesion_oversampling_off")

@@ -42,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     from pancreas.predict import predict_cases
 
     config = EngineConfig(backend=args.backend, device=args.device, precision=args.precision,
-                          batch_size=args.batch_size, step_size=args.step_size, tta=args.tta, class_weights=args.class_weights,
+                          batch_size=args.batch_size, step_size=args.step_size, tta=args.tta,
+                          class_weights=args.class_weights,
                           coarse_to_fine=args.coarse_to_fine, postprocess=not args.no_postprocess,
                           compile=args.compile, num_threads=args.threads)
     from pancreas.bundle import default_bundle_path

@@ -180,4 +180,7 @@ def test_ort_rows_only_where_cuda_provider_runs() -> None:
     rows = [c for c in discover([demo], env=ort) if c.name.startswith("ort-")]
     assert rows and all(c.options["device"] == "cuda" for c in rows)
     cpu = Environment(cuda=False, tensorrt=False, ort_cuda=False)
-    assert all(c.options["device"] == "cpu" for c in discover([demo], env=cpu) if c.name.startswith("ort-"))
+    on_cpu = [c for c in discover([demo], env=cpu) if c.name.startswith("ort-")]
+    assert all(c.options["device"] == "cpu" for c in on_cpu)
+    # one mirrored row, the like-for-like match of nnunet-default; every other row runs without TTA
+    assert {c.name: c.options["tta"] for c in on_cpu if c.options["tta"]} == {"ort-fp32-tta": True}

@@ -17,15 +17,25 @@ def test_page_rows_and_oof(tmp_path) -> None:
            "pancreas_ml": 70.0, "subtype_scored": False, "prediction_missing": False,
            **{k: 0.7 for k in ("whole_dsc", "lesion_dsc", "whole_nsd2", "lesion_nsd2", "whole_hd95", "lesion_hd95")}}
     (tmp_path / "oof.json").write_text(json.dumps({"bundle": "b", "cases": [row]}))
+    summary = {"real": {"n_cases": 12, "whole_dsc": 0.803, "lesion_dsc": 0.42},
+               "phantom": {"n_cases": 9, "whole_dsc": 0.9, "lesion_dsc": 0.6}}
+    (tmp_path / "oof_tta.json").write_text(json.dumps({"bundle": "b", "summary": summary, "cases": [row]}))
+    (tmp_path / "oof_ph.json").write_text(json.dumps({"bundle": "b", "summary": {"phantom": summary["phantom"]}}))
     spec = {"title": "Real quiz", "data": "real quiz CT", "oof": "oof.json", "oof_command": "pancreas oof b",
             "rows": [{"row": "real only", "change": "none", "command": "pancreas ablate 502", "source": "real",
                       "fold_metrics": "fold.json"},
                      {"row": "phantom only", "change": "no real", "command": "pancreas evaluate",
                       "evaluation": "eval.json"},
-                     {"row": "missing", "change": "-", "command": "-", "evaluation": "nope.json"}]}
+                     {"row": "missing", "change": "-", "command": "-", "evaluation": "nope.json"}],
+            "inference": {"note": "same folds", "rows": [
+                {"model": "fold 0", "setting": "TTA", "oof": "oof_tta.json", "command": "pancreas oof b --tta"},
+                {"model": "fold 0", "setting": "phantoms only", "oof": "oof_ph.json", "command": "-"},
+                {"model": "fold 0", "setting": "gone", "oof": "nope.json", "command": "-"}]}}
     text = build(spec, tmp_path, tmp_path / "out" / "real-quiz.md")
     assert "| real only | none | 12 | 0.6100 | 0.3200 |" in text  # the real block, not the mixed summary
     assert "| phantom only | no real | 60 | 0.2500 | 0.0400 |" in text
     assert "| missing |" not in text
+    assert "| fold 0 | TTA | 12 | 0.8030 | 0.4200 | 0.9000 (n=9) | `pancreas oof b --tta` |" in text
+    assert "phantoms only" not in text and "| gone |" not in text  # no real block / no file: no row
     assert "| quiz_2_001 | real | 0 | 0.7000 |" in text
     assert (tmp_path / "out" / "real-quiz.png").stat().st_size > 1000
