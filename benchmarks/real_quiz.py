@@ -146,7 +146,8 @@ def build(spec: dict[str, Any], root: Path, out: Path) -> str:
     if spec.get("oof") and (root / spec["oof"]).is_file():
         oof = json.loads((root / spec["oof"]).read_text())
         report = OOFReport(oof["cases"], oof["bundle"])
-        parts += ["## Out-of-fold validation of the shipped bundle (original grid, through the inference engine)", "",
+        title = spec.get("oof_title", "Out-of-fold validation of the shipped bundle")
+        parts += [f"## {title} (original grid, through the inference engine)", "",
                   f"Command: `{spec['oof_command']}`", "", spec.get("oof_note", ""), "", report.markdown(), ""]
     table, measured = ablation_table(spec.get("rows", []), root)
     png = out.with_suffix(".png")

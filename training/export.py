@@ -166,8 +166,8 @@ def phantom_metrics(bundle_root: str | Path, split_dir: str | Path, work: str | 
             "phantom_accuracy": (s.get("subtype") or {}).get("accuracy"),
             "phantom_whole_nsd2": s.get("whole_nsd2"), "phantom_lesion_nsd2": s.get("lesion_nsd2"),
             "phantom_n_cases": s["n_cases"], "phantom_split": str(split_dir),
-            "phantom_measured_with": f"pancreas predict ({backend}, cpu, step 0.5, no TTA, postprocessing as "
-                                     "recorded) + pancreas evaluate"}
+            "phantom_measured_with": f"pancreas predict ({backend}, cpu, step 0.5; TTA, class weights and "
+                                     "postprocessing as the bundle records) + pancreas evaluate"}
 
 
 def record_metrics(bundle_root: str | Path, metrics: dict[str, Any]) -> Bundle:

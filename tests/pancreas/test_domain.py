@@ -220,6 +220,7 @@ def test_configuration_ensemble_reports_each_warning_once(tiny_bundle: Bundle, w
 def test_real_whole_abdomen_ct_gets_the_fov_warning(real_ct: Path, demo_copy: Path, tmp_path: Path) -> None:
     """The real TotalSegmentator CT (366 x 303 x 336 mm) sent to the demo model trained on pancreas crops."""
     bundle = record_domain(demo_copy, InputDomain.model_validate(CROPS))
-    pred = Engine.from_bundle(bundle, EngineConfig()).predict_file(real_ct, tmp_path / "pred.nii.gz")
+    # TTA off: this checks the warning, and the bundle's TTA default costs minutes per whole-abdomen CT on a CPU
+    pred = Engine.from_bundle(bundle, EngineConfig(tta=False)).predict_file(real_ct, tmp_path / "pred.nii.gz")
     fov = [w for w in pred.warnings if w.code == "fov"]
     assert fov and "field of view 336x303x366 mm (z,y,x)" in fov[0].message, pred.warnings

@@ -81,11 +81,13 @@ def test_demo_dsc_at_recorded_level(demo_bundle, demo_server, tmp_path):
     assert np.mean(scores) >= value - DSC_MARGIN, f"DSC {scores} vs recorded {key}={value}"
 
 
-def test_demo_real_ct(demo_server, tmp_path):
-    """Robustness: what the demo model segments on a real scanner CT (logged; geometry asserted)."""
+def test_demo_real_ct(demo_bundle, tmp_path):
+    """Robustness: what the demo model segments on a real scanner CT (logged; geometry asserted). TTA off
+    (``PANCREAS_TTA=false``): the bundle's TTA default costs minutes per whole-abdomen CT on a CPU."""
     if not REAL_CT.is_file():
         pytest.skip(f"real CT not found at {REAL_CT}")
-    with demo_server.client(timeout=300) as c:
+    with running_server(demo_bundle.root, tmp_path / "srv", num_threads=2, tta=False) as srv, \
+            srv.client(timeout=300) as c:
         r = post_ct(c, REAL_CT.read_bytes())
     assert r.status_code == 200, r.text
     body = r.json()

@@ -16,13 +16,16 @@ def test_demo_bundle_loads_and_records_phantom_metrics() -> None:
     bundle = Bundle.load(default_bundle_path())
     assert bundle_size_mb(bundle.root) <= 25
     folds = [a.fold for a in bundle.artifacts("torch")]
-    assert folds == [0]  # one model trained on folds 1-4 of nnU-Net's split; fold 0 is its held-out validation
-    assert sorted(a.fold for a in bundle.artifacts("onnx", "fp32")) == folds  # parity-gated ONNX twin
+    assert folds == ["all"]  # one model trained on every case (nnU-Net's fold all)
+    assert [a.fold for a in bundle.artifacts("onnx", "fp32")] == folds  # parity-gated ONNX twin
     metrics = bundle.metadata.metrics
     assert all(0.0 <= metrics[k] <= 1.0 for k in RECORDED)
     assert metrics["phantom_whole_dsc"] >= 0.85  # it must still segment the phantoms `pancreas demo` makes
-    # scored on the 12 real cases (of 60) that fold 0 held out, on their original grid
-    assert 0.0 <= metrics["real_oof_whole_dsc"] <= 1.0 and metrics["real_oof_n_cases"] == 12 * len(folds)
+    # its real-data estimate: the same recipe's fold-0 model on the 12 real cases (of 60) fold 0 held out
+    assert 0.0 <= metrics["real_recipe_cv_whole_dsc"] <= 1.0 and metrics["real_recipe_cv_n_cases"] == 12
+    assert "fold-0 model" in metrics["recipe_cv_scope"] and not any(k.startswith("real_oof_") for k in metrics)
+    assert metrics["folds"]["all"]["held_out"] is False  # its own training-case scores are marked as such
+    assert bundle.metadata.inference["tta"] is True and bundle.metadata.inference["class_weights"] == [1.0, 1.0, 4.0]
     assert "phantom" in bundle.metadata.description.lower() and "real" in bundle.metadata.description.lower()
 
 
