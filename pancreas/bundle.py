@@ -123,8 +123,9 @@ class BundleMetadata(_Model):
     metrics: dict[str, Any] = Field(default_factory=dict)
     #: One record per optimize stage (recipe, precision built, parity, accuracy and latency deltas).
     optimization: list[dict[str, Any]] = Field(default_factory=list)
-    #: Inference defaults recorded by training and optimize: ``tta`` (mirroring on by default), ``postprocess``
-    #: (on/off), ``postprocessing`` (:class:`pancreas.postprocess.PostprocessConfig` options), ``recommended``.
+    #: Inference defaults recorded by training and optimize: ``tta`` (mirroring on by default), ``class_weights``
+    #: (factors before the argmax), ``postprocess`` (on/off), ``postprocessing``
+    #: (:class:`pancreas.postprocess.PostprocessConfig` options), ``recommended``.
     inference: dict[str, Any] = Field(default_factory=dict)
     #: What the model was trained and validated on: ``sources`` (case counts per source, e.g. real/phantom),
     #: ``tasks`` (per task: trained on / validated on), ``licence`` note, and ``domain`` (the input ranges

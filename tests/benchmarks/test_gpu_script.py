@@ -130,7 +130,7 @@ def test_carry_split_and_unpack_round_trip(tmp_path: Path) -> None:
     """Real files, split into three parts, carried one call at a time, installed once all are there."""
     wheels = tmp_path / "dest" / "wheels"
     wheels.mkdir(parents=True)
-    weights = sorted((REPO / "pancreas" / "demo_bundle" / "models").glob("*.pt"))[0]
+    weights = min((REPO / "pancreas" / "demo_bundle" / "models").glob("*.pt"))
     blobs = [weights, REPO / "pancreas" / "engine.py"]
     made = [_wheel(wheels, f"carrytest{i}", b.read_bytes()) for i, b in enumerate(blobs)]
     archive = prepare_wheels.pack(made, tmp_path / "dest" / "wheels.tar.xz", preset=0)

@@ -204,10 +204,10 @@ def test_compose_settings_defaults_parse(services: dict[str, dict[str, Any]], mo
     """The service's interpolated PANCREAS_* defaults load as Settings; TTA follows the bundle by default."""
     from service.settings import Settings
 
-    for name, svc in services.items():
+    served = {name: svc for name, svc in services.items() if "PANCREAS_TTA" in svc.get("environment", {})}
+    assert served, "no compose service sets PANCREAS_TTA"
+    for name, svc in served.items():
         env = {k: str(v) for k, v in svc.get("environment", {}).items() if k.startswith("PANCREAS_")}
-        if "PANCREAS_TTA" not in env:
-            continue
         for key, value in env.items():
             if key != "PANCREAS_BUNDLE" or value:  # empty PANCREAS_BUNDLE: the image's demo bundle
                 monkeypatch.setenv(key, value)

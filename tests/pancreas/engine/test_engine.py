@@ -290,7 +290,7 @@ def test_class_weights_scale_probabilities_before_the_argmax() -> None:
     for bad in ([1, 2], [1, 0, 1], "x", [1, float("nan"), 1]):
         with pytest.raises(PancreasError, match="3 positive factors"):
             class_weights({"class_weights": bad}, EngineConfig(), 3)
-    with pytest.raises(Exception, match="class_weights"):
+    with pytest.raises(PancreasError, match="class_weights"):
         EngineConfig(class_weights=(1.0, -1.0, 1.0))
 
 
