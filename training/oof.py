@@ -26,7 +26,7 @@ from pancreas.backends import create_backend, resolve, select_artifacts
 from pancreas.bundle import Bundle
 from pancreas.engine import Engine, EngineConfig, Prediction
 from pancreas.errors import DatasetError
-from pancreas.evaluation import jsonable, score_case, summarize_rows
+from pancreas.evaluation import SEGMENTATION_KEYS, jsonable, score_case, summarize_rows
 from pancreas.metrics import macro_f1
 from pancreas.nifti import read_volume
 from pancreas.quiz import image_name, mask_name
@@ -34,7 +34,7 @@ from pancreas.sources import UNKNOWN
 
 logger = logging.getLogger(__name__)
 
-REPORT_KEYS = ("whole_dsc", "lesion_dsc", "whole_nsd2", "lesion_nsd2", "whole_hd95", "lesion_hd95")
+REPORT_KEYS = SEGMENTATION_KEYS
 
 
 @dataclass
@@ -88,11 +88,19 @@ class OOFReport:
             out[f"{source}_oof_subtype"] = s["subtype"]
         return jsonable(out)
 
-    def write(self, out: str | Path) -> dict[str, str]:
+    def write_rows(self, out: str | Path) -> Path:
+        """Only ``oof.json`` (cheap: written after every case so an interrupted run can resume)."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        paths = {"json": out / "oof.json", "markdown": out / "oof.md", "png": out / "oof_dsc.png"}
-        paths["json"].write_text(json.dumps(jsonable(self.to_json()), indent=1))
+        path = out / "oof.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(jsonable(self.to_json()), indent=1))
+        tmp.replace(path)
+        return path
+
+    def write(self, out: str | Path) -> dict[str, str]:
+        out = Path(out)
+        paths = {"json": self.write_rows(out), "markdown": out / "oof.md", "png": out / "oof_dsc.png"}
         paths["markdown"].write_text(f"# Out-of-fold results of `{self.bundle}`\n\n" + self.markdown() + "\n")
         plot_cases(self.rows, paths["png"])
         self.files = {k: str(v) for k, v in paths.items()}
@@ -192,7 +200,7 @@ def score_row(pred: Prediction, pred_path: Path, label: Path, *, fold: str, subt
 def out_of_fold(bundle: str | Path | Bundle, raw_dataset: str | Path, splits: Sequence[Mapping[str, Any]], *,
                 out: str | Path, subtypes: Mapping[str, int], sources: Mapping[str, str],
                 scored_sources: Sequence[str] | None = None,
-                config: EngineConfig | None = None) -> OOFReport:
+                config: EngineConfig | None = None, resume: bool = False) -> OOFReport:
     """Predict every held-out case with its own fold's model; score it on its original grid.
 
     Args:
@@ -200,26 +208,75 @@ def out_of_fold(bundle: str | Path | Bundle, raw_dataset: str | Path, splits: Se
         splits: nnU-Net's ``splits_final.json`` content (fold ``k`` -> ``{"train", "val"}``).
         scored_sources: sources that trained the classifier (None: all); others are flagged out-of-domain.
         config: engine options (default: torch on CPU).
+        resume: reuse the rows of an earlier report in ``out`` made by the same fold weights and settings
+            (a bundle re-exported with more folds then only predicts the new folds' cases).
     """
     from tqdm.auto import tqdm
 
     bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
     raw, out = Path(raw_dataset), Path(out)
-    engines = fold_engines(bundle, config or EngineConfig(backend="torch", device="cpu"))
+    config = config or EngineConfig(backend="torch", device="cpu")
+    engines = fold_engines(bundle, config)
     check_folds(engines, splits, bundle.root)
+    prints = fold_fingerprints(bundle, config, engines)
+    done = scored_rows(out, prints) if resume else {}
     jobs = [(fold, case) for fold in engines for case in splits[int(fold)]["val"]]
+    if done:
+        logger.info("resuming %s: %d of %d held-out cases already scored with the same fold models and settings",
+                    out, sum((f, c) in done for f, c in jobs), len(jobs))
     rows = []
     for fold, case in tqdm(jobs, desc="out-of-fold", unit="case"):
+        if (fold, case) in done:
+            rows.append(done[(fold, case)])
+            continue
         image, label = case_files(raw, case)
         volume = read_volume(image)
         pred = engines[fold].predict(volume)
         pred_path = out / "masks" / mask_name(case)
         volume.write_mask(pred.mask, pred_path)
-        rows.append(score_row(pred, pred_path, label, fold=fold, subtypes=subtypes, sources=sources,
-                              scored_sources=scored_sources))
+        rows.append({**score_row(pred, pred_path, label, fold=fold, subtypes=subtypes, sources=sources,
+                                 scored_sources=scored_sources), "engine": prints[fold]})
+        OOFReport(rows, str(bundle.root)).write_rows(out)  # an interrupted run resumes from here
     report = OOFReport(rows, str(bundle.root))
     report.write(out)
     return report
+
+
+def fold_fingerprints(bundle: Bundle, config: EngineConfig, engines: Mapping[str, Engine]) -> dict[str, dict]:
+    """What makes a fold's out-of-fold row reusable: its weights (artifact sha256, the previous stage's too)
+    and the engine settings that change a mask."""
+    def shas(b: Bundle) -> dict[str, str | None]:
+        return {str(a.fold): a.sha256 for a in select_artifacts(b, *resolve(b, config))}
+
+    own, previous = shas(bundle), shas(bundle.previous_stage) if bundle.previous_stage is not None else {}
+    out = {}
+    for fold, engine in engines.items():
+        info = engine.info
+        weights = engine.class_weights
+        out[fold] = jsonable({"artifact_sha256": own.get(fold), "previous_sha256": previous.get(fold),
+                              **{k: info[k] for k in ("backend", "precision", "step_size", "tta", "postprocess")},
+                              "class_weights": None if weights is None else [float(w) for w in weights]})
+    return out
+
+
+def scored_rows(out: Path, prints: Mapping[str, Mapping[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """Rows of an earlier ``out/oof.json`` that can be reused: same fold weights and settings, mask on disk."""
+    path = out / "oof.json"
+    if not path.is_file():
+        return {}
+    try:
+        rows = json.loads(path.read_text())["cases"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise DatasetError(f"cannot resume from {path}: not an out-of-fold report ({exc}); remove it or "
+                           "choose another --out") from exc
+    return {(r["fold"], r["case_id"]): _restore_nan(r) for r in rows
+            if r.get("engine") is not None and r.get("engine") == prints.get(r.get("fold"))
+            and (out / "masks" / mask_name(r["case_id"])).is_file()}
+
+
+def _restore_nan(row: dict[str, Any]) -> dict[str, Any]:
+    """A row read back from JSON: its undefined metrics (written as null) are NaN again."""
+    return {**row, **{k: float("nan") for k in SEGMENTATION_KEYS if row.get(k, 0.0) is None}}
 
 
 def _fmt(value: float | None) -> str:

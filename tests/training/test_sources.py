@@ -176,6 +176,35 @@ def test_bundle_training_data_and_oof(mixed_run, tmp_path) -> None:
 
 
 @pytest.mark.slow
+def test_oof_resume_reuses_only_matching_rows(mixed_run, tmp_path) -> None:
+    """``resume`` keeps the rows scored by the same fold weights and settings and predicts the rest; a changed
+    setting (TTA) invalidates every row."""
+    from pancreas.engine_config import EngineConfig
+    from training.oof import out_of_fold
+    from training.subtypes import read_sources, read_subtypes
+
+    root, plan, _, bundle = mixed_run
+    raw = root / "nnUNet_raw" / plan.dataset
+    splits = json.loads((root / "nnUNet_preprocessed" / plan.dataset / "splits_final.json").read_text())
+    kwargs = {"out": tmp_path / "oof", "subtypes": read_subtypes(raw), "sources": read_sources(raw)}
+    first = out_of_fold(bundle, raw, splits, **kwargs)
+    report = json.loads((tmp_path / "oof" / "oof.json").read_text())
+    dropped = report["cases"].pop(0)["case_id"]
+    (tmp_path / "oof" / "oof.json").write_text(json.dumps(report))
+    masks = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "oof" / "masks").iterdir()}
+    second = out_of_fold(bundle, raw, splits, resume=True, **kwargs)
+    rewritten = {p.name for p in (tmp_path / "oof" / "masks").iterdir() if p.stat().st_mtime_ns != masks[p.name]}
+    assert rewritten == {f"{dropped}.nii.gz"}  # only the dropped case ran again
+    by_case = {r["case_id"]: r for r in first.rows}
+    for row in second.rows:
+        assert row["whole_dsc"] == pytest.approx(by_case[row["case_id"]]["whole_dsc"])
+    assert second.summary().keys() == first.summary().keys()
+    out_of_fold(bundle, raw, splits, resume=True, config=EngineConfig(backend="torch", device="cpu", tta=True),
+                **kwargs)
+    assert all(p.stat().st_mtime_ns != masks[p.name] for p in (tmp_path / "oof" / "masks").iterdir())
+
+
+@pytest.mark.slow
 def test_fold_full_trains_on_every_case(mixed_run, tmp_path) -> None:
     """``pancreas train --fold full`` is nnU-Net's fold ``all`` (fold_all, nothing held out, its scores marked so);
     ``--source-weights`` is recorded; ``export-bundle --folds full --tta`` exports it with TTA as its default."""

@@ -16,6 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_held_out_arguments(parser, out_help="folder for masks/, oof.{json,md,png}")
     parser.add_argument("--record", action="store_true",
                         help="record the {source}_oof_* means in the bundle's metadata.metrics")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse the cases OUT/oof.json already scored with the same fold weights and settings "
+                             "(an interrupted run, or a bundle re-exported with more folds)")
 
 
 def add_held_out_arguments(parser: argparse.ArgumentParser, *, out_help: str) -> None:
@@ -52,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     data = held_out_data(args.dataset, args.workdir)
     report = out_of_fold(args.bundle, data.raw, data.splits, out=args.out, subtypes=data.subtypes,
                          sources=data.sources, scored_sources=scored_sources(args),
-                         config=engine_config(args))
+                         config=engine_config(args), resume=args.resume)
     if args.record:
         from training.export import record_metrics
 
