@@ -43,6 +43,8 @@ VARIANTS: dict[str, Variant] = {
     "seg_lesion_weighted": lambda o: replace(o, seg_class_weights=(1.0, 1.0, 3.0)),
     "phantoms_downweighted": lambda o: replace(o, source_weights={"phantom": 0.25}),
     "phantoms_halfweighted": lambda o: replace(o, source_weights={"phantom": 0.5}),
+    "deep_supervision_off": lambda o: replace(o, deep_supervision=False),
+    "finetune": lambda o: _pretrained(o),
 }
 DEFAULT_VARIANTS = ("baseline", "head_gap", "head_multiscale", "head_attention", "weighting_learned", "focal_on",
                     "da5_on", "lesion_oversampling_off")
@@ -59,6 +61,13 @@ class AblationRow:
     lesion_oversampling: bool
     metrics: dict[str, Any]
     minutes: float
+
+
+def _pretrained(options: TrainOptions) -> TrainOptions:
+    """The baseline started from ``--pretrained-weights`` (e.g. phantom pre-training, then real fine-tuning)."""
+    if not options.pretrained_weights:
+        raise PancreasError("variant 'finetune' needs --pretrained-weights (the pre-trained checkpoint)")
+    return options
 
 
 def describe(name: str, options: TrainOptions, metrics: dict[str, Any], minutes: float) -> AblationRow:

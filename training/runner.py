@@ -98,9 +98,27 @@ def train_fold(dataset: str | int, *, configuration: str = "3d_fullres", fold: i
     (out / "network_config.json").write_text(trainer.network_config.model_dump_json(indent=1))
     logger.info("training fold %s of %s (%s, %s): %d epochs x %d iterations on %s", fold, trainer.plans_manager.dataset_name,
                 configuration, plans_identifier, options.epochs, options.iters_per_epoch, device)
+    if options.pretrained_weights:
+        load_pretrained(trainer, Path(options.pretrained_weights))
     trainer.run_training()
     metrics = trainer.perform_actual_validation() if options.evaluate else {}
     return FoldResult(fold, out, out / "checkpoint_final.pth", list(trainer.history), metrics)
+
+
+def load_pretrained(trainer: MultiTaskTrainer, checkpoint: Path) -> None:
+    """Initialize ``trainer`` and start its network from ``checkpoint`` (nnU-Net's ``load_pretrained_weights``:
+    every tensor but the segmentation layers); DatasetError when the file is missing or does not fit."""
+    from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
+
+    if not checkpoint.is_file():
+        raise DatasetError(f"pretrained weights {checkpoint} do not exist (expected an nnU-Net checkpoint_*.pth)")
+    trainer.initialize()
+    try:
+        load_pretrained_weights(trainer.network, str(checkpoint))
+    except (AssertionError, KeyError, RuntimeError) as exc:
+        raise DatasetError(f"pretrained weights {checkpoint} do not fit this network ({exc}); pre-train with the "
+                           "same plans (patch size, features, strides) and classification head") from exc
+    logger.info("fold %s starts from the weights of %s", trainer.fold, checkpoint)
 
 
 def fold_output_folder(dataset: str | int, *, configuration: str, fold: int | str, plans_identifier: str,

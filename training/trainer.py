@@ -113,6 +113,12 @@ class TrainOptions:
     #: a quarter as often as each real case. Passed to nnU-Net's loader as ``sampling_probabilities``.
     source_weights: dict[str, float] | None = None
     da5: bool = False
+    #: nnU-Net's deep supervision (loss on every decoder resolution); False is nnU-Net's
+    #: ``nnUNetTrainerNoDeepSupervision``: the loss on the full-resolution output only
+    deep_supervision: bool = True
+    #: nnU-Net checkpoint whose weights start the training (phantom pre-training, then fine-tuning); every
+    #: tensor but the 1x1 segmentation layers must match (nnU-Net's ``load_pretrained_weights``)
+    pretrained_weights: str | None = None
     num_workers: int = 0
     save_every: int = 50
     evaluate: bool = True
@@ -199,6 +205,7 @@ class MultiTaskTrainer(nnUNetTrainer):
         self.initial_lr = options.initial_lr
         self.oversample_foreground_percent = options.oversample_foreground
         self.save_every = options.save_every
+        self.enable_deep_supervision = options.deep_supervision
 
     @property
     def network_config(self) -> NetworkConfig:
@@ -433,7 +440,7 @@ class MultiTaskTrainer(nnUNetTrainer):
                                             on_logits=self._export_next_stages
                                             if self.configuration_manager.next_stage_names else None)
         finally:
-            self.set_deep_supervision_enabled(True)
+            self.set_deep_supervision_enabled(self.enable_deep_supervision)
         s = metrics["summary"]
         s["held_out"] = self.fold != "all"  # nnU-Net's fold 'all' "validates" on its own training cases
         with open(f"{self.output_folder}/validation_metrics.json", "w") as f:

@@ -48,3 +48,69 @@ def test_ablation_table(tiny_run, short_options, tmp_path) -> None:
     assert "| head_gap | gap |" in table
     assert (tiny_run.root / "work" / "nnUNet_results" / tiny_run.dataset /
             f"MultiTaskTrainer_head_gap__{tiny_run.plans_identifier}__3d_fullres" / "fold_0").is_dir()
+
+
+@pytest.mark.slow
+def test_deep_supervision_off_variant(tiny_run, short_options, tmp_path) -> None:
+    """``deep_supervision_off`` is nnU-Net's no-deep-supervision trainer: one full-resolution output, a plain
+    (unwrapped) segmentation loss, and it still trains, validates and records the option."""
+    import torch
+    from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+
+    from training.ablate import VARIANTS, run_ablation
+    from training.nnunet_env import configure
+    from training.runner import make_trainer
+
+    configure(tiny_run.root / "work")
+    options = VARIANTS["deep_supervision_off"](short_options)
+    trainer = make_trainer(tiny_run.dataset, configuration="3d_fullres", fold=0,
+                           plans_identifier=tiny_run.plans_identifier, options=options)
+    trainer.initialize()
+    assert not isinstance(trainer.loss.seg_loss, DeepSupervisionWrapper)
+    seg, _ = trainer.network(torch.zeros(1, 1, *trainer.configuration_manager.patch_size))
+    assert isinstance(seg, torch.Tensor) and seg.shape[2:] == tuple(trainer.configuration_manager.patch_size)
+    rows, _ = run_ablation(tiny_run.dataset, base=short_options, variants=("deep_supervision_off",),
+                           plans_identifier=tiny_run.plans_identifier, fold=0, threads=2, out=tmp_path / "abl")
+    assert 0.0 <= rows[0].metrics["dice_whole"] <= 1.0
+    folder = (tiny_run.root / "work" / "nnUNet_results" / tiny_run.dataset /
+              f"MultiTaskTrainer_deep_supervision_off__{tiny_run.plans_identifier}__3d_fullres" / "fold_0")
+    assert json.loads((folder / "train_options.json").read_text())["deep_supervision"] is False
+
+
+@pytest.mark.slow
+def test_finetune_from_pretrained_weights(tiny_run, short_options, tmp_path) -> None:
+    """``--pretrained-weights`` starts a fold from another run's checkpoint (nnU-Net's loader: every tensor
+    but the segmentation layers); a checkpoint of another network, or a missing one, is refused clearly."""
+    from dataclasses import replace
+
+    import torch
+
+    from pancreas.errors import DatasetError, PancreasError
+    from training.ablate import VARIANTS, run_ablation
+    from training.nnunet_env import configure
+    from training.runner import load_pretrained, make_trainer
+
+    configure(tiny_run.root / "work")
+    checkpoint = tiny_run.fold_folder / "checkpoint_final.pth"
+    fitting = replace(short_options, head=HeadConfig(variant="mask", hidden=32), pretrained_weights=str(checkpoint))
+    trainer = make_trainer(tiny_run.dataset, configuration="3d_fullres", fold=0,
+                           plans_identifier=tiny_run.plans_identifier, options=fitting)
+    load_pretrained(trainer, checkpoint)
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)["network_weights"]
+    state = trainer.network.state_dict()
+    moved = [k for k in state if ".seg_layers." not in k]
+    assert moved and all(torch.equal(state[k], saved[k]) for k in moved)
+    other = make_trainer(tiny_run.dataset, configuration="3d_fullres", fold=0,
+                         plans_identifier=tiny_run.plans_identifier, options=short_options)  # head hidden 16
+    with pytest.raises(DatasetError, match="do not fit"):
+        load_pretrained(other, checkpoint)
+    with pytest.raises(DatasetError, match="do not exist"):
+        load_pretrained(other, tmp_path / "missing.pth")
+    with pytest.raises(PancreasError, match="needs --pretrained-weights"):
+        VARIANTS["finetune"](short_options)
+    rows, _ = run_ablation(tiny_run.dataset, base=fitting, variants=("finetune",),
+                           plans_identifier=tiny_run.plans_identifier, fold=0, threads=2, out=tmp_path / "abl")
+    assert 0.0 <= rows[0].metrics["dice_whole"] <= 1.0
+    folder = (tiny_run.root / "work" / "nnUNet_results" / tiny_run.dataset /
+              f"MultiTaskTrainer_finetune__{tiny_run.plans_identifier}__3d_fullres" / "fold_0")
+    assert json.loads((folder / "train_options.json").read_text())["pretrained_weights"] == str(checkpoint)

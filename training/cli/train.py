@@ -63,6 +63,9 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source-weights", type=_source_weights, default=None, metavar="SOURCE=W,...",
                         help="relative draw weight of each case source's training cases, e.g. phantom=0.25 "
                              "(default: every case equally likely; unlisted sources weigh 1)")
+    parser.add_argument("--pretrained-weights", default=None, metavar="CHECKPOINT",
+                        help="nnU-Net checkpoint to start from, e.g. a phantom-trained fold's checkpoint_final.pth "
+                             "(same plans and head; the segmentation layers are not transferred)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--workers", type=int, default=0, help="data-augmentation processes (0: in-process)")
@@ -91,6 +94,7 @@ def options_from_args(args: argparse.Namespace, **overrides: object):
         "seg_focal_gamma": args.seg_focal, "seg_class_weights": args.seg_class_weights,
         "lesion_oversample": args.lesion_oversample, "oversample_foreground": args.oversample_foreground,
         "da5": args.da5, "num_workers": args.workers, "source_weights": args.source_weights,
+        "pretrained_weights": args.pretrained_weights,
         "cls_sources": tuple(v for v in args.cls_sources.split(",") if v) if args.cls_sources else None}
     kw.update(overrides)
     return TrainOptions(**kw)
