@@ -143,7 +143,8 @@ class Engine:
             logger.info("coarse pass found no foreground; running the full-resolution pass everywhere")
             return None
         if self.post is not None and self.post.largest_component:
-            fg = largest_component(fg)  # stray false positives elsewhere in a full CT must not widen the ROI
+            # stray false positives elsewhere in a full CT must not widen the ROI
+            fg = largest_component(fg, self.post.min_component_fraction)
         return self._roi_box(fg, pre)
 
     def _roi_box(self, fg: np.ndarray, pre: Preprocessed) -> Box:
@@ -215,7 +216,7 @@ class Engine:
         if not fg.any():
             return None
         if self.post is not None and self.post.largest_component:
-            fg = largest_component(fg)
+            fg = largest_component(fg, self.post.min_component_fraction)
         whole = Preprocessed(data=torch.empty(0), bbox=tuple((0, n) for n in fg.shape), shape_before_crop=fg.shape,
                              spacing=tuple(float(volume.spacing[i]) for i in self.plan.transpose_forward),
                              target_spacing=self.plan.target_spacing)

@@ -4,11 +4,13 @@ Two steps, each optional (:class:`PostprocessConfig`):
 
 1. **Largest component of the whole pancreas** (labels 1 ∪ 2, 26-connectivity) is kept: pancreas voxels
    (label 1) outside it are removed, as nnU-Net's ``remove_all_but_largest_component`` does for the union
-   region.
+   region. With ``min_component_fraction`` f, the pancreas voxels of every component of at least f times
+   the largest one's size are kept too (a gland predicted in pieces keeps them); lesions still refer to the
+   largest component (step 2).
 2. **Lesions next to the pancreas:** a lesion component (label 2) is kept only when it lies inside, or
-   within ``lesion_margin_mm`` of, the kept pancreas (the kept component with step 1, else all label-1
+   within ``lesion_margin_mm`` of, the pancreas (the largest component with step 1, else all label-1
    voxels); others become background. With step 2 off, step 1 also removes every lesion voxel outside the
-   kept component. When there is no pancreas to refer to, lesions are left alone.
+   kept components. When there is no pancreas to refer to, lesions are left alone.
 
 All work happens inside the bounding box of the foreground (plus the margin), so full-size CTs with a
 small pancreas are cheap. Bundles record their choice in ``metadata.inference["postprocessing"]``
@@ -37,6 +39,9 @@ _STRUCTURE = np.ones((3, 3, 3), dtype=bool)  # 26-connectivity
 @dataclass(frozen=True)
 class PostprocessConfig:
     largest_component: bool = True
+    #: with ``largest_component``: also keep the pancreas voxels of every component of at least this fraction
+    #: of the largest one's size (None: the largest only), so a gland predicted in pieces keeps its pieces
+    min_component_fraction: float | None = None
     lesion_near_pancreas: bool = True
     lesion_margin_mm: float = 3.0
 
@@ -50,6 +55,11 @@ class PostprocessConfig:
             raise PancreasError(f"unknown postprocessing option(s) {sorted(unknown)} in bundle metadata; "
                                 f"known: {sorted(known)}")
         return cls(**opts)
+
+    def __post_init__(self) -> None:
+        f = self.min_component_fraction
+        if f is not None and not (isinstance(f, (int, float)) and 0.0 < f <= 1.0):
+            raise PancreasError(f"min_component_fraction {f!r}: need a number in (0, 1] or null")
 
     @property
     def enabled(self) -> bool:
@@ -67,14 +77,17 @@ def _bbox(mask: np.ndarray, margin: Sequence[int]) -> tuple[slice, ...] | None:
     return tuple(slices)
 
 
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """Boolean mask of the largest 26-connected component of ``mask`` (empty stays empty)."""
+def largest_component(mask: np.ndarray, min_fraction: float | None = None) -> np.ndarray:
+    """Boolean mask of the largest 26-connected component of ``mask`` (empty stays empty), plus every component
+    of at least ``min_fraction`` of its size when given."""
     labels, n = ndimage.label(mask, structure=_STRUCTURE)
     if n <= 1:
         return labels > 0
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
-    return labels == int(np.argmax(sizes))
+    if min_fraction is None:
+        return labels == int(np.argmax(sizes))
+    return np.isin(labels, np.flatnonzero(sizes >= min_fraction * sizes.max()))
 
 
 def keep_lesions_near(mask: np.ndarray, reference: np.ndarray, spacing: Sequence[float],
@@ -119,11 +132,13 @@ def postprocess(mask: np.ndarray, spacing: Sequence[float], config: PostprocessC
     sub = out[box]  # a view: edits land in ``out``
     if config.largest_component:
         reference = largest_component(sub > 0)
-        sub[(sub == PANCREAS) & ~reference] = 0
+        kept = reference if config.min_component_fraction is None else \
+            largest_component(sub > 0, config.min_component_fraction)
+        sub[(sub == PANCREAS) & ~kept] = 0
     else:
-        reference = sub == PANCREAS
+        reference = kept = sub == PANCREAS
     if config.lesion_near_pancreas and reference.any():
         keep_lesions_near(sub, reference, spacing, config.lesion_margin_mm)
     elif config.largest_component:
-        sub[~reference] = 0
+        sub[~kept] = 0
     return out

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -254,7 +254,8 @@ def fold_fingerprints(bundle: Bundle, config: EngineConfig, engines: Mapping[str
         info = engine.info
         weights = engine.class_weights
         out[fold] = jsonable({"artifact_sha256": own.get(fold), "previous_sha256": previous.get(fold),
-                              **{k: info[k] for k in ("backend", "precision", "step_size", "tta", "postprocess")},
+                              **{k: info[k] for k in ("backend", "precision", "step_size", "tta")},
+                              "postprocess": None if engine.post is None else asdict(engine.post),
                               "class_weights": None if weights is None else [float(w) for w in weights]})
     return out
 

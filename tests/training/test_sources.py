@@ -205,7 +205,7 @@ def test_oof_resume_reuses_only_matching_rows(mixed_run, tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_fold_full_trains_on_every_case(mixed_run, tmp_path) -> None:
+def test_fold_full_trains_on_every_case(mixed_run, tmp_path, capsys) -> None:
     """``pancreas train --fold full`` is nnU-Net's fold ``all`` (fold_all, nothing held out, its scores marked so);
     ``--source-weights`` is recorded; ``export-bundle --folds full --tta`` exports it with TTA as its default."""
     from pancreas.bundle import Bundle
@@ -225,9 +225,16 @@ def test_fold_full_trains_on_every_case(mixed_run, tmp_path) -> None:
     assert options["source_weights"] == {"phantom": 0.5}
     out = tmp_path / "bundle_full"
     assert main(["export-bundle", "--dataset", str(MIX_ID), *common, "--folds", "full", "--tta",
-                 "--class-weights", "1,1,4", "--out", str(out)]) == 0
+                 "--class-weights", "1,1,4", "--min-component-fraction", "0.3", "--out", str(out)]) == 0
     bundle = Bundle.load(out)
     assert [a.fold for a in bundle.metadata.artifacts] == ["all"]
     assert bundle.metadata.inference["tta"] is True  # engines mirror by default for this bundle
     assert bundle.metadata.inference["class_weights"] == [1.0, 1.0, 4.0]
+    assert bundle.metadata.inference["postprocessing"] == {"min_component_fraction": 0.3}
+    from pancreas.engine import Engine, EngineConfig
+
+    assert Engine.from_bundle(bundle, EngineConfig(backend="torch", device="cpu")).post.min_component_fraction == 0.3
+    assert main(["export-bundle", "--dataset", str(MIX_ID), *common, "--folds", "full", "--min-component-fraction",
+                 "2", "--out", str(tmp_path / "bad")]) == 1
+    assert "min_component_fraction 2.0" in capsys.readouterr().err and not (tmp_path / "bad").exists()
     assert bundle.metadata.metrics["folds"]["all"]["held_out"] is False

@@ -29,6 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--class-weights", type=class_weight_list, default=None, metavar="W0,W1,W2",
                         help="record factors on the label probabilities before the argmax as the bundle's default "
                              "(metadata.inference.class_weights), e.g. 1,1,4 to favour the lesion")
+    parser.add_argument("--min-component-fraction", type=float, default=None, metavar="F",
+                        help="record post-processing that also keeps the pancreas of every component of at least F "
+                             "times the largest one's size (metadata.inference.postprocessing; default: the "
+                             "largest component only)")
     parser.add_argument("--out", type=Path, required=True, help="bundle folder (replaced if it exists)")
     parser.add_argument("--evaluate-on", type=Path, default=None, metavar="QUIZ_SPLIT_DIR",
                         help="labelled phantom split (e.g. phantoms/validation): run pancreas predict + evaluate "
@@ -40,10 +44,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def recorded_inference(args: argparse.Namespace) -> dict[str, object]:
-    """The inference defaults ``--tta`` / ``--class-weights`` record in ``metadata.inference``."""
+    """The inference defaults ``--tta`` / ``--class-weights`` / ``--min-component-fraction`` record in
+    ``metadata.inference`` (checked as the engine will read them)."""
+    from pancreas.postprocess import PostprocessConfig
+
     recorded: dict[str, object] = {"tta": True} if args.tta else {}
     if args.class_weights is not None:
         recorded["class_weights"] = list(args.class_weights)
+    if args.min_component_fraction is not None:
+        recorded["postprocessing"] = {"min_component_fraction": args.min_component_fraction}
+        PostprocessConfig.from_metadata(recorded)
     return recorded
 
 

@@ -70,3 +70,26 @@ def test_disabled_is_identity_and_metadata_options() -> None:
     assert PostprocessConfig.from_metadata({}) == PostprocessConfig()
     with pytest.raises(PancreasError, match="bogus"):
         PostprocessConfig.from_metadata({"postprocessing": {"bogus": 1}})
+
+
+def test_min_component_fraction_keeps_gland_pieces_but_lesions_follow_the_largest() -> None:
+    m = base()  # largest component: 10 x 15 x 15 = 2250 voxels
+    m[5:15, 23:28, 5:20] = 1  # a second piece of the gland, 750 voxels (1/3 of the largest), 3 voxels away
+    m[16:20, 25:28, 25:28] = 1  # a small stray blob, 36 voxels
+    m[10:12, 24:26, 10:12] = 2  # a lesion inside the second piece, 5 mm from the largest component
+    largest_only = postprocess(m, (1.0, 1.0, 1.0))
+    assert (largest_only[5:15, 23:28, 5:20] == 0).all()  # today's rule drops the second piece
+    kept = postprocess(m, (1.0, 1.0, 1.0), PostprocessConfig(min_component_fraction=0.3))
+    second = np.zeros_like(m, dtype=bool)
+    second[5:15, 23:28, 5:20] = True
+    second[10:12, 24:26, 10:12] = False
+    assert (kept[second] == 1).all()  # >= 0.3 x the largest: kept
+    assert (kept[16:20, 25:28, 25:28] == 0).all()  # the stray blob is still removed
+    assert (kept[10:12, 24:26, 10:12] == 0).all()  # lesions still refer to the largest component
+    np.testing.assert_array_equal(kept[:, :21], largest_only[:, :21])  # the largest component is unchanged
+    assert (postprocess(m, (1.0, 1.0, 1.0), PostprocessConfig(min_component_fraction=0.5))[second] == 0).all()
+    for bad in (0.0, 1.5, "x"):
+        with pytest.raises(PancreasError, match="min_component_fraction"):
+            PostprocessConfig(min_component_fraction=bad)
+    assert PostprocessConfig.from_metadata(
+        {"postprocessing": {"min_component_fraction": 0.3}}).min_component_fraction == 0.3
