@@ -144,8 +144,7 @@ def build(spec: dict[str, Any], root: Path, out: Path) -> str:
     out.parent.mkdir(parents=True, exist_ok=True)
     parts = [f"# {spec['title']}", "", spec["data"], ""]
     if spec.get("oof") and (root / spec["oof"]).is_file():
-        oof = json.loads((root / spec["oof"]).read_text())
-        report = OOFReport(oof["cases"], oof["bundle"])
+        report = OOFReport.read(root / spec["oof"])
         title = spec.get("oof_title", "Out-of-fold validation of the shipped bundle")
         parts += [f"## {title} (original grid, through the inference engine)", "",
                   f"Command: `{spec['oof_command']}`", "", spec.get("oof_note", ""), "", report.markdown(), ""]

@@ -57,6 +57,12 @@ class OOFReport:
             out[source] = block
         return out
 
+    @classmethod
+    def read(cls, path: str | Path) -> OOFReport:
+        """A report from its ``oof.json`` (undefined metrics, written as null, are NaN again)."""
+        data = json.loads(Path(path).read_text())
+        return cls([_restore_nan(r) for r in data["cases"]], data["bundle"])
+
     def to_json(self) -> dict[str, Any]:
         return {"bundle": self.bundle, "summary": self.summary(), "cases": self.rows}
 

@@ -16,7 +16,8 @@ def test_page_rows_and_oof(tmp_path) -> None:
     row = {"case_id": "quiz_2_001", "fold": "0", "source": "real", "gt_subtype": 2, "pred_subtype": 2,
            "pancreas_ml": 70.0, "subtype_scored": False, "prediction_missing": False,
            **{k: 0.7 for k in ("whole_dsc", "lesion_dsc", "whole_nsd2", "lesion_nsd2", "whole_hd95", "lesion_hd95")}}
-    (tmp_path / "oof.json").write_text(json.dumps({"bundle": "b", "cases": [row]}))
+    undefined = {**row, "case_id": "quiz_2_002", "lesion_hd95": None}  # NaN is written as null
+    (tmp_path / "oof.json").write_text(json.dumps({"bundle": "b", "cases": [row, undefined]}))
     summary = {"real": {"n_cases": 12, "whole_dsc": 0.803, "lesion_dsc": 0.42},
                "phantom": {"n_cases": 9, "whole_dsc": 0.9, "lesion_dsc": 0.6}}
     (tmp_path / "oof_tta.json").write_text(json.dumps({"bundle": "b", "summary": summary, "cases": [row]}))
@@ -37,5 +38,5 @@ def test_page_rows_and_oof(tmp_path) -> None:
     assert "| missing |" not in text
     assert "| fold 0 | TTA | 12 | 0.8030 | 0.4200 | 0.9000 (n=9) | `pancreas oof b --tta` |" in text
     assert "phantoms only" not in text and "| gone |" not in text  # no real block / no file: no row
-    assert "| quiz_2_001 | real | 0 | 0.7000 |" in text
+    assert "| quiz_2_001 | real | 0 | 0.7000 |" in text and "| quiz_2_002 | real | 0 | 0.7000 |" in text
     assert (tmp_path / "out" / "real-quiz.png").stat().st_size > 1000

@@ -21,9 +21,11 @@ def test_demo_bundle_loads_and_records_phantom_metrics() -> None:
     metrics = bundle.metadata.metrics
     assert all(0.0 <= metrics[k] <= 1.0 for k in RECORDED)
     assert metrics["phantom_whole_dsc"] >= 0.85  # it must still segment the phantoms `pancreas demo` makes
-    # its real-data estimate: the same recipe's fold-0 model on the 12 real cases (of 60) fold 0 held out
-    assert 0.0 <= metrics["real_recipe_cv_whole_dsc"] <= 1.0 and metrics["real_recipe_cv_n_cases"] == 12
-    assert "fold-0 model" in metrics["recipe_cv_scope"] and not any(k.startswith("real_oof_") for k in metrics)
+    # its real-data estimate: the same recipe's five fold models, each real case scored by the one that held it out
+    assert 0.0 <= metrics["real_recipe_cv_whole_dsc"] <= 1.0 and metrics["real_recipe_cv_n_cases"] == 60
+    assert metrics["phantom_recipe_cv_n_cases"] == 45
+    assert "5-fold" in metrics["recipe_cv_scope"] and not any(k.startswith("real_oof_") for k in metrics)
+    assert bundle.metadata.inference["postprocessing"] == {"min_component_fraction": 0.3}
     assert metrics["folds"]["all"]["held_out"] is False  # its own training-case scores are marked as such
     assert bundle.metadata.inference["tta"] is True and bundle.metadata.inference["class_weights"] == [1.0, 1.0, 4.0]
     assert "phantom" in bundle.metadata.description.lower() and "real" in bundle.metadata.description.lower()
