@@ -277,7 +277,7 @@ def scored_rows(out: Path, prints: Mapping[str, Mapping[str, Any]]) -> dict[tupl
         raise DatasetError(f"cannot resume from {path}: not an out-of-fold report ({exc}); remove it or "
                            "choose another --out") from exc
     return {(r["fold"], r["case_id"]): _restore_nan(r) for r in rows
-            if r.get("engine") is not None and r.get("engine") == prints.get(r.get("fold"))
+            if r.get("fold") in prints and r.get("engine") == prints[r["fold"]]
             and (out / "masks" / mask_name(r["case_id"])).is_file()}
 
 
