@@ -175,6 +175,14 @@ class InputDomain(_Frozen):
                     "resample the CT into that range if you can")))
         return warnings
 
+    def plausible_pancreas_ml(self) -> tuple[float, float]:
+        """The plausible predicted pancreas volume (mL): the training masks' range widened by the tolerance, else
+        :data:`DEFAULT_PANCREAS_ML`."""
+        if self.pancreas_ml is None:
+            return DEFAULT_PANCREAS_ML
+        tol = self.tolerance.pancreas_ml
+        return self.pancreas_ml.min * (1 - tol), self.pancreas_ml.max * (1 + tol)
+
     def check_prediction(self, volumes_ml: Mapping[str, float]) -> list[InputWarning]:
         """Warnings about the result: no pancreas, or a pancreas volume outside the plausible range."""
         ml = float(volumes_ml.get("pancreas", 0.0))
@@ -182,13 +190,9 @@ class InputDomain(_Frozen):
             return [InputWarning("empty_pancreas", (
                 "no pancreas was found (predicted pancreas volume 0 mL): check that the CT covers the "
                 "pancreas and holds Hounsfield units"))]
-        if self.pancreas_ml is not None:
-            tol = self.tolerance.pancreas_ml
-            lo, hi = self.pancreas_ml.min * (1 - tol), self.pancreas_ml.max * (1 + tol)
-            source = (f"training masks {self.pancreas_ml.min:.0f}-{self.pancreas_ml.max:.0f} mL, "
-                      f"+-{tol:.0%}")
-        else:
-            (lo, hi), source = DEFAULT_PANCREAS_ML, "anatomical default"
+        lo, hi = self.plausible_pancreas_ml()
+        source = (f"training masks {self.pancreas_ml.min:.0f}-{self.pancreas_ml.max:.0f} mL, "
+                  f"+-{self.tolerance.pancreas_ml:.0%}") if self.pancreas_ml is not None else "anatomical default"
         if lo <= ml <= hi:
             return []
         why = ("the pancreas may be partly missed or cut off by the field of view" if ml < lo

@@ -90,9 +90,9 @@ class Engine:
         self.window = WindowConfig(patch_size=tuple(backend.patch_size), step_size=config.step_size,
                                    batch_size=config.batch_size, tta=tta_enabled(bundle.metadata.inference, config),
                                    progress=config.progress)
-        self.post = post_config(bundle.metadata.inference, config)
-        self.class_weights = class_weights(bundle.metadata.inference, config, bundle.metadata.network.num_seg_classes)
         self.domain = InputDomain.from_training_data(bundle.metadata.training_data) or InputDomain()
+        self.post = post_config(bundle.metadata.inference, config, self.domain)
+        self.class_weights = class_weights(bundle.metadata.inference, config, bundle.metadata.network.num_seg_classes)
         self.seg_spec = segmentation_spec(bundle.plans, bundle.metadata.network.configuration) \
             if self.previous is not None else None
 

@@ -122,7 +122,7 @@ class EnsembleEngine:
         self.config = config
         self.bundle = bundle
         first = next(iter(self.members.values()))
-        self.post = first.post if bundle is None else post_config(bundle.metadata.inference, config)
+        self.post = first.post if bundle is None else post_config(bundle.metadata.inference, config, first.domain)
         self.class_weights = first.class_weights if bundle is None else class_weights(
             bundle.metadata.inference, config, bundle.metadata.network.num_seg_classes)
         self.domain = first.domain

@@ -5,8 +5,11 @@ Two steps, each optional (:class:`PostprocessConfig`):
 1. **Largest component of the whole pancreas** (labels 1 ∪ 2, 26-connectivity) is kept: pancreas voxels
    (label 1) outside it are removed, as nnU-Net's ``remove_all_but_largest_component`` does for the union
    region. With ``min_component_fraction`` f, the pancreas voxels of every component of at least f times
-   the largest one's size are kept too (a gland predicted in pieces keeps them); lesions still refer to the
-   largest component (step 2).
+   the largest one's size are kept too (a gland predicted in pieces keeps them), largest first, each only
+   when it lies within ``max_piece_distance_mm`` of the largest component and while the whole pancreas
+   stays at or under ``max_total_ml`` (both optional): an uncropped CT's false pieces in other organs are
+   far away or too big. The engine fills ``max_total_ml`` from the bundle's training domain. Lesions still
+   refer to the largest component (step 2).
 2. **Lesions next to the pancreas:** a lesion component (label 2) is kept only when it lies inside, or
    within ``lesion_margin_mm`` of, the pancreas (the largest component with step 1, else all label-1
    voxels); others become background. With step 2 off, step 1 also removes every lesion voxel outside the
@@ -42,6 +45,10 @@ class PostprocessConfig:
     #: with ``largest_component``: also keep the pancreas voxels of every component of at least this fraction
     #: of the largest one's size (None: the largest only), so a gland predicted in pieces keeps its pieces
     min_component_fraction: float | None = None
+    #: with ``min_component_fraction``: a piece is kept only within this distance (mm) of the largest component
+    max_piece_distance_mm: float | None = None
+    #: with ``min_component_fraction``: pieces are added only while the kept pancreas stays <= this volume (mL)
+    max_total_ml: float | None = None
     lesion_near_pancreas: bool = True
     lesion_margin_mm: float = 3.0
 
@@ -60,6 +67,10 @@ class PostprocessConfig:
         f = self.min_component_fraction
         if f is not None and not (isinstance(f, (int, float)) and 0.0 < f <= 1.0):
             raise PancreasError(f"min_component_fraction {f!r}: need a number in (0, 1] or null")
+        for name in ("max_piece_distance_mm", "max_total_ml"):
+            v = getattr(self, name)
+            if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0):
+                raise PancreasError(f"{name} {v!r}: need a positive number or null")
 
     @property
     def enabled(self) -> bool:
@@ -88,6 +99,37 @@ def largest_component(mask: np.ndarray, min_fraction: float | None = None) -> np
     if min_fraction is None:
         return labels == int(np.argmax(sizes))
     return np.isin(labels, np.flatnonzero(sizes >= min_fraction * sizes.max()))
+
+
+def gland_pieces(fg: np.ndarray, spacing: Sequence[float], config: PostprocessConfig
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """``(largest, kept)`` boolean masks of the foreground ``fg``: its largest 26-connected component, and that
+    plus the pieces :class:`PostprocessConfig` keeps (at least ``min_component_fraction`` x the largest,
+    largest first, within ``max_piece_distance_mm`` of it, while the total stays <= ``max_total_ml``)."""
+    labels, n = ndimage.label(fg, structure=_STRUCTURE)
+    if n == 0:
+        return fg.copy(), fg.copy()
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    big = int(np.argmax(sizes))
+    largest = labels == big
+    if config.min_component_fraction is None or n == 1:
+        return largest, largest
+    order = [int(i) for i in np.argsort(-sizes, kind="stable")
+             if i != big and sizes[i] > 0 and sizes[i] >= config.min_component_fraction * sizes[big]]
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    total = sizes[big] * voxel_ml
+    distance = ndimage.distance_transform_edt(~largest, sampling=spacing) \
+        if config.max_piece_distance_mm is not None and order else None
+    keep = [big]
+    for i in order:
+        if distance is not None and float(distance[labels == i].min()) > config.max_piece_distance_mm + 1e-6:
+            continue
+        if config.max_total_ml is not None and total + sizes[i] * voxel_ml > config.max_total_ml:
+            continue
+        keep.append(i)
+        total += sizes[i] * voxel_ml
+    return largest, np.isin(labels, keep)
 
 
 def keep_lesions_near(mask: np.ndarray, reference: np.ndarray, spacing: Sequence[float],
@@ -131,9 +173,7 @@ def postprocess(mask: np.ndarray, spacing: Sequence[float], config: PostprocessC
         return out
     sub = out[box]  # a view: edits land in ``out``
     if config.largest_component:
-        reference = largest_component(sub > 0)
-        kept = reference if config.min_component_fraction is None else \
-            largest_component(sub > 0, config.min_component_fraction)
+        reference, kept = gland_pieces(sub > 0, spacing, config)
         sub[(sub == PANCREAS) & ~kept] = 0
     else:
         reference = kept = sub == PANCREAS

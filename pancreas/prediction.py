@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from pancreas import LABELS
-from pancreas.domain import InputWarning
+from pancreas.domain import InputDomain, InputWarning
 from pancreas.engine_config import EngineConfig
 from pancreas.errors import PancreasError
 from pancreas.nifti import Volume, read_volume
@@ -121,10 +121,19 @@ def weighted_labels(logits: torch.Tensor, weights: np.ndarray | None) -> torch.T
     return argmax_labels(logits + shift)
 
 
-def post_config(inference: Mapping[str, Any], config: EngineConfig) -> PostprocessConfig | None:
-    """The post-processing a bundle's ``metadata.inference`` records, or None when it or ``config`` turns it off."""
-    enabled = config.postprocess and inference.get("postprocess", True) is not False
-    return PostprocessConfig.from_metadata(dict(inference)) if enabled else None
+def post_config(inference: Mapping[str, Any], config: EngineConfig, domain: InputDomain | None = None
+                ) -> PostprocessConfig | None:
+    """The post-processing a bundle's ``metadata.inference`` records, or None when it or ``config`` turns it off.
+
+    With ``domain``, gland pieces (``min_component_fraction``) without a recorded ``max_total_ml`` are capped
+    at the top of its plausible pancreas volume: a piece that would make the gland implausibly large is not one.
+    """
+    if not (config.postprocess and inference.get("postprocess", True) is not False):
+        return None
+    post = PostprocessConfig.from_metadata(dict(inference))
+    if domain is not None and post.min_component_fraction is not None and post.max_total_ml is None:
+        post = replace(post, max_total_ml=float(domain.plausible_pancreas_ml()[1]))
+    return post
 
 
 def predict_file(predict: Callable[[Volume], Prediction], image_path: str | Path, mask_path: str | Path) -> Prediction:

@@ -13,6 +13,7 @@ import SimpleITK as sitk
 
 from pancreas import SUBTYPES
 from pancreas.bundle import Bundle, default_bundle_path
+from pancreas.domain import InputDomain
 from pancreas.metrics import dice
 from pancreas.nifti import same_grid
 from pancreas.testing import QUIZ_REAL, REAL_CT, decode_mask, post_ct, running_server
@@ -97,6 +98,10 @@ def test_demo_real_ct(demo_bundle, tmp_path):
         {k: body[k] for k in ("subtype", "probabilities", "volumes_ml", "timings_ms", "warnings")}))
     # a full abdomen is unlike the training crops: a warning, or else a plausible pancreas (real: 28-180 mL)
     assert body["warnings"] or body["volumes_ml"]["pancreas"] <= 200.0, body["volumes_ml"]
+    # gland pieces stop at the training domain's plausible volume: the false pieces of an uncropped CT are not
+    # added once the largest component alone is that big (1.68 L with the uncapped fraction rule, 225 mL now)
+    cap = InputDomain.from_training_data(demo_bundle.metadata.training_data).plausible_pancreas_ml()[1]
+    assert body["volumes_ml"]["pancreas"] <= 2 * cap, (body["volumes_ml"], cap)
 
 
 QUIZ_TEST = QUIZ_REAL / "test"

@@ -225,15 +225,24 @@ def test_fold_full_trains_on_every_case(mixed_run, tmp_path, capsys) -> None:
     assert options["source_weights"] == {"phantom": 0.5}
     out = tmp_path / "bundle_full"
     assert main(["export-bundle", "--dataset", str(MIX_ID), *common, "--folds", "full", "--tta",
-                 "--class-weights", "1,1,4", "--min-component-fraction", "0.3", "--out", str(out)]) == 0
+                 "--class-weights", "1,1,4", "--min-component-fraction", "0.3", "--max-piece-distance-mm", "30",
+                 "--out", str(out)]) == 0
     bundle = Bundle.load(out)
     assert [a.fold for a in bundle.metadata.artifacts] == ["all"]
     assert bundle.metadata.inference["tta"] is True  # engines mirror by default for this bundle
     assert bundle.metadata.inference["class_weights"] == [1.0, 1.0, 4.0]
-    assert bundle.metadata.inference["postprocessing"] == {"min_component_fraction": 0.3}
+    assert bundle.metadata.inference["postprocessing"] == {"min_component_fraction": 0.3, "max_piece_distance_mm": 30.0}
+    from pancreas.domain import InputDomain
     from pancreas.engine import Engine, EngineConfig
 
-    assert Engine.from_bundle(bundle, EngineConfig(backend="torch", device="cpu")).post.min_component_fraction == 0.3
+    post = Engine.from_bundle(bundle, EngineConfig(backend="torch", device="cpu")).post
+    assert post.min_component_fraction == 0.3 and post.max_piece_distance_mm == 30.0
+    # pieces are capped at the top of the training domain's plausible pancreas volume
+    domain = InputDomain.from_training_data(bundle.metadata.training_data)
+    assert post.max_total_ml == domain.plausible_pancreas_ml()[1] == domain.pancreas_ml.max * 1.25
+    assert main(["export-bundle", "--dataset", str(MIX_ID), *common, "--folds", "full", "--max-piece-distance-mm",
+                 "30", "--out", str(tmp_path / "bad")]) == 1
+    assert "needs --min-component-fraction" in capsys.readouterr().err and not (tmp_path / "bad").exists()
     assert main(["export-bundle", "--dataset", str(MIX_ID), *common, "--folds", "full", "--min-component-fraction",
                  "2", "--out", str(tmp_path / "bad")]) == 1
     assert "min_component_fraction 2.0" in capsys.readouterr().err and not (tmp_path / "bad").exists()

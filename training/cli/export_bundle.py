@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 from pancreas.engine_config import class_weight_list
+from pancreas.errors import PancreasError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,6 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="record post-processing that also keeps the pancreas of every component of at least F "
                              "times the largest one's size (metadata.inference.postprocessing; default: the "
                              "largest component only)")
+    parser.add_argument("--max-piece-distance-mm", type=float, default=None, metavar="MM",
+                        help="with --min-component-fraction: keep a piece only within MM of the largest component "
+                             "(metadata.inference.postprocessing; pieces are also capped at the plausible pancreas "
+                             "volume of the training domain)")
     parser.add_argument("--out", type=Path, required=True, help="bundle folder (replaced if it exists)")
     parser.add_argument("--evaluate-on", type=Path, default=None, metavar="QUIZ_SPLIT_DIR",
                         help="labelled phantom split (e.g. phantoms/validation): run pancreas predict + evaluate "
@@ -44,15 +49,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def recorded_inference(args: argparse.Namespace) -> dict[str, object]:
-    """The inference defaults ``--tta`` / ``--class-weights`` / ``--min-component-fraction`` record in
-    ``metadata.inference`` (checked as the engine will read them)."""
+    """The inference defaults ``--tta`` / ``--class-weights`` / ``--min-component-fraction`` /
+    ``--max-piece-distance-mm`` record in ``metadata.inference`` (checked as the engine will read them)."""
     from pancreas.postprocess import PostprocessConfig
 
     recorded: dict[str, object] = {"tta": True} if args.tta else {}
     if args.class_weights is not None:
         recorded["class_weights"] = list(args.class_weights)
+    if args.max_piece_distance_mm is not None and args.min_component_fraction is None:
+        raise PancreasError("--max-piece-distance-mm needs --min-component-fraction (it limits the kept pieces)")
     if args.min_component_fraction is not None:
         recorded["postprocessing"] = {"min_component_fraction": args.min_component_fraction}
+        if args.max_piece_distance_mm is not None:
+            recorded["postprocessing"]["max_piece_distance_mm"] = args.max_piece_distance_mm
         PostprocessConfig.from_metadata(recorded)
     return recorded
 

@@ -93,3 +93,59 @@ def test_min_component_fraction_keeps_gland_pieces_but_lesions_follow_the_larges
             PostprocessConfig(min_component_fraction=bad)
     assert PostprocessConfig.from_metadata(
         {"postprocessing": {"min_component_fraction": 0.3}}).min_component_fraction == 0.3
+
+
+def _two_pieces() -> tuple[np.ndarray, tuple[slice, ...], tuple[slice, ...]]:
+    """The largest piece (10x15x15 = 2250 voxels) plus a near piece (750 voxels, 3 voxels away) and a far piece
+    (900 voxels, 15 voxels away along x), both at least 0.3 x the largest."""
+    m = np.zeros((20, 40, 60), np.uint8)
+    m[5:15, 5:20, 5:20] = 1
+    near = (slice(5, 15), slice(23, 28), slice(5, 20))
+    far = (slice(5, 15), slice(5, 11), slice(35, 50))
+    m[near] = 1
+    m[far] = 1
+    return m, near, far
+
+
+def test_pieces_limited_by_distance_in_millimetres() -> None:
+    m, near, far = _two_pieces()
+    spacing = (1.0, 1.0, 1.0)
+    every = postprocess(m, spacing, PostprocessConfig(min_component_fraction=0.3))
+    assert (every[near] == 1).all() and (every[far] == 1).all()
+    close = postprocess(m, spacing, PostprocessConfig(min_component_fraction=0.3, max_piece_distance_mm=10.0))
+    assert (close[near] == 1).all() and (close[far] == 0).all()  # 4 mm kept, 16 mm dropped
+    # the same voxels with 0.5 mm in-plane spacing: the far piece is 8 mm away and stays
+    half = postprocess(m, (1.0, 0.5, 0.5), PostprocessConfig(min_component_fraction=0.3, max_piece_distance_mm=10.0))
+    assert (half[far] == 1).all()
+    np.testing.assert_array_equal(close[:, :, :21], every[:, :, :21])  # the largest and the near piece unchanged
+
+
+def test_pieces_capped_by_total_volume_largest_first() -> None:
+    m, near, far = _two_pieces()  # 1 mm voxels: 2.25 mL + 0.75 mL (near) + 0.9 mL (far)
+    cfg = PostprocessConfig(min_component_fraction=0.3, max_total_ml=3.3)
+    out = postprocess(m, (1.0, 1.0, 1.0), cfg)
+    assert (out[far] == 1).all() and (out[near] == 0).all()  # the bigger piece fits first, then the cap is reached
+    tight = postprocess(m, (1.0, 1.0, 1.0), PostprocessConfig(min_component_fraction=0.3, max_total_ml=2.0))
+    np.testing.assert_array_equal(tight, postprocess(m, (1.0, 1.0, 1.0)))  # the largest alone is over: no piece
+    for name in ("max_piece_distance_mm", "max_total_ml"):
+        for bad in (0, -1.0, "x", True):
+            with pytest.raises(PancreasError, match=name):
+                PostprocessConfig(**{name: bad})
+    assert PostprocessConfig.from_metadata({"postprocessing": {"min_component_fraction": 0.3,
+                                                               "max_piece_distance_mm": 30}}).max_piece_distance_mm == 30
+
+
+def test_engine_caps_pieces_at_the_training_domain() -> None:
+    """The engine fills ``max_total_ml`` from the bundle's training domain unless the bundle records one."""
+    from pancreas.domain import InputDomain
+    from pancreas.engine_config import EngineConfig
+    from pancreas.prediction import post_config
+
+    domain = InputDomain.model_validate({"pancreas_ml": {"min": 30.0, "max": 160.0}})
+    inference = {"postprocessing": {"min_component_fraction": 0.3}}
+    assert post_config(inference, EngineConfig(), domain).max_total_ml == pytest.approx(200.0)
+    assert post_config(inference, EngineConfig(), InputDomain()).max_total_ml == 700.0  # the anatomical default
+    recorded = {"postprocessing": {"min_component_fraction": 0.3, "max_total_ml": 90.0}}
+    assert post_config(recorded, EngineConfig(), domain).max_total_ml == 90.0
+    assert post_config({}, EngineConfig(), domain).max_total_ml is None  # largest component only: nothing to cap
+    assert post_config(inference, EngineConfig(postprocess=False), domain) is None
