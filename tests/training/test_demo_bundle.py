@@ -25,7 +25,7 @@ def test_demo_bundle_loads_and_records_phantom_metrics() -> None:
     assert 0.0 <= metrics["real_recipe_cv_whole_dsc"] <= 1.0 and metrics["real_recipe_cv_n_cases"] == 60
     assert metrics["phantom_recipe_cv_n_cases"] == 45
     assert "5-fold" in metrics["recipe_cv_scope"] and not any(k.startswith("real_oof_") for k in metrics)
-    assert bundle.metadata.inference["postprocessing"] == {"min_component_fraction": 0.3}
+    assert bundle.metadata.inference["postprocessing"] == {"min_component_fraction": 0.3, "max_piece_distance_mm": 30.0}
     assert metrics["folds"]["all"]["held_out"] is False  # its own training-case scores are marked as such
     assert bundle.metadata.inference["tta"] is True and bundle.metadata.inference["class_weights"] == [1.0, 1.0, 4.0]
     assert "phantom" in bundle.metadata.description.lower() and "real" in bundle.metadata.description.lower()
