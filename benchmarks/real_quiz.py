@@ -9,8 +9,9 @@ The spec (JSON) names the data and every row::
                "fold_metrics": "runs/.../fold_0/validation_metrics.json", "source": "real"},
               {"row": "phantom only", ..., "evaluation": "runs/eval/report.json"}]}
 
-``fold_metrics`` is a training fold's held-out evaluation (network grid, ``by_source``); ``evaluation`` is a
-``pancreas evaluate --json`` report (original grid). An optional ``configurations`` block renders a
+``fold_metrics`` is a training fold's held-out evaluation (network grid, ``by_source``); ``ablation`` plus
+``variant`` is that variant's row of a ``pancreas ablate`` report (``ablation.json``; network grid), for a row whose
+trainer folder a later run reused; ``evaluation`` is a ``pancreas evaluate --json`` report (original grid). An optional ``configurations`` block renders a
 ``pancreas find-best`` result (one row per configuration and per ensemble) with each member's CPU training
 time, summed from the ``history.json`` files it lists::
 
@@ -45,6 +46,13 @@ def row_metrics(row: dict[str, Any], root: Path) -> dict[str, Any]:
         block = data.get("by_source", {}).get(row.get("source", "real")) or data["summary"]
         return {"n": block["n_cases"], "whole": block["dice_whole"], "lesion": block["dice_lesion"],
                 "grid": "network grid (held-out fold)"}
+    if "ablation" in row:  # the row's variant in a `pancreas ablate` report (its trainer folder may be reused)
+        found = [r for r in json.loads((root / row["ablation"]).read_text())["rows"] if r["variant"] == row["variant"]]
+        if not found:
+            raise KeyError(f"variant {row['variant']!r} not in {row['ablation']}")
+        block = found[0]["metrics"]
+        return {"n": block["n_cases"], "whole": block["dice_whole"], "lesion": block["dice_lesion"],
+                "grid": "network grid (held-out fold)"}
     data = json.loads((root / row["evaluation"]).read_text())["summary"]
     return {"n": data["n_cases"], "whole": data["whole_dsc"], "lesion": data["lesion_dsc"],
             "grid": "original grid (pancreas evaluate)"}
@@ -59,6 +67,9 @@ def ablation_table(rows: list[dict[str, Any]], root: Path) -> tuple[str, list[di
             m = row_metrics(row, root)
         except FileNotFoundError:
             logger.warning("row %r: result file missing, skipped", row["row"])
+            continue
+        except KeyError as exc:  # a report without the row's variant
+            logger.warning("row %r: %s, skipped", row["row"], exc)
             continue
         measured.append({**row, **m})
         lines.append(f"| {row['row']} | {row['change']} | {m['n']} | {m['whole']:.4f} | {m['lesion']:.4f} | "

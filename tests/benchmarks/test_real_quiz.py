@@ -13,6 +13,8 @@ def test_page_rows_and_oof(tmp_path) -> None:
     (tmp_path / "fold.json").write_text(json.dumps(fold))
     evaluation = {"summary": {"n_cases": 60, "whole_dsc": 0.25, "lesion_dsc": 0.04}}
     (tmp_path / "eval.json").write_text(json.dumps(evaluation))
+    ablation = {"rows": [{"variant": "finetune", "metrics": {"n_cases": 12, "dice_whole": 0.704, "dice_lesion": 0.487}}]}
+    (tmp_path / "ablation.json").write_text(json.dumps(ablation))
     row = {"case_id": "quiz_2_001", "fold": "0", "source": "real", "gt_subtype": 2, "pred_subtype": 2,
            "pancreas_ml": 70.0, "subtype_scored": False, "prediction_missing": False,
            **{k: 0.7 for k in ("whole_dsc", "lesion_dsc", "whole_nsd2", "lesion_nsd2", "whole_hd95", "lesion_hd95")}}
@@ -27,6 +29,10 @@ def test_page_rows_and_oof(tmp_path) -> None:
                       "fold_metrics": "fold.json"},
                      {"row": "phantom only", "change": "no real", "command": "pancreas evaluate",
                       "evaluation": "eval.json"},
+                     {"row": "fine-tuned", "change": "pre-trained", "command": "pancreas ablate 502 --variants finetune",
+                      "ablation": "ablation.json", "variant": "finetune"},
+                     {"row": "other variant", "change": "-", "command": "-", "ablation": "ablation.json",
+                      "variant": "baseline"},
                      {"row": "missing", "change": "-", "command": "-", "evaluation": "nope.json"}],
             "inference": {"note": "same folds", "rows": [
                 {"model": "fold 0", "setting": "TTA", "oof": "oof_tta.json", "command": "pancreas oof b --tta"},
@@ -35,7 +41,8 @@ def test_page_rows_and_oof(tmp_path) -> None:
     text = build(spec, tmp_path, tmp_path / "out" / "real-quiz.md")
     assert "| real only | none | 12 | 0.6100 | 0.3200 |" in text  # the real block, not the mixed summary
     assert "| phantom only | no real | 60 | 0.2500 | 0.0400 |" in text
-    assert "| missing |" not in text
+    assert "| fine-tuned | pre-trained | 12 | 0.7040 | 0.4870 | network grid (held-out fold) |" in text
+    assert "| missing |" not in text and "| other variant |" not in text  # no file / no such variant: no row
     assert "| fold 0 | TTA | 12 | 0.8030 | 0.4200 | 0.9000 (n=9) | `pancreas oof b --tta` |" in text
     assert "phantoms only" not in text and "| gone |" not in text  # no real block / no file: no row
     assert "| quiz_2_001 | real | 0 | 0.7000 |" in text and "| quiz_2_002 | real | 0 | 0.7000 |" in text
