@@ -40,7 +40,7 @@ from pancreas.engine_config import EngineConfig
 from pancreas.ensemble_engine import EnsembleEngine
 from pancreas.grid import check_grid
 from pancreas.nifti import Volume
-from pancreas.postprocess import largest_component
+from pancreas.postprocess import gland_pieces
 from pancreas.prediction import (
     Prediction,
     SoftPrediction,
@@ -143,8 +143,8 @@ class Engine:
             logger.info("coarse pass found no foreground; running the full-resolution pass everywhere")
             return None
         if self.post is not None and self.post.largest_component:
-            # stray false positives elsewhere in a full CT must not widen the ROI
-            fg = largest_component(fg, self.post.min_component_fraction)
+            # stray false positives elsewhere in a full CT must not widen the ROI (the same pieces as post-processing)
+            fg = gland_pieces(fg, pre.target_spacing, self.post)[1]
         return self._roi_box(fg, pre)
 
     def _roi_box(self, fg: np.ndarray, pre: Preprocessed) -> Box:
@@ -215,11 +215,11 @@ class Engine:
         fg = np.transpose(labels > 0, self.plan.transpose_forward)
         if not fg.any():
             return None
+        spacing = tuple(float(volume.spacing[i]) for i in self.plan.transpose_forward)
         if self.post is not None and self.post.largest_component:
-            fg = largest_component(fg, self.post.min_component_fraction)
+            fg = gland_pieces(fg, spacing, self.post)[1]
         whole = Preprocessed(data=torch.empty(0), bbox=tuple((0, n) for n in fg.shape), shape_before_crop=fg.shape,
-                             spacing=tuple(float(volume.spacing[i]) for i in self.plan.transpose_forward),
-                             target_spacing=self.plan.target_spacing)
+                             spacing=spacing, target_spacing=self.plan.target_spacing)
         return self._roi_box(fg, whole)
 
     # ---- public --------------------------------------------------------------------------------------

@@ -88,19 +88,6 @@ def _bbox(mask: np.ndarray, margin: Sequence[int]) -> tuple[slice, ...] | None:
     return tuple(slices)
 
 
-def largest_component(mask: np.ndarray, min_fraction: float | None = None) -> np.ndarray:
-    """Boolean mask of the largest 26-connected component of ``mask`` (empty stays empty), plus every component
-    of at least ``min_fraction`` of its size when given."""
-    labels, n = ndimage.label(mask, structure=_STRUCTURE)
-    if n <= 1:
-        return labels > 0
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    if min_fraction is None:
-        return labels == int(np.argmax(sizes))
-    return np.isin(labels, np.flatnonzero(sizes >= min_fraction * sizes.max()))
-
-
 def gland_pieces(fg: np.ndarray, spacing: Sequence[float], config: PostprocessConfig
                  ) -> tuple[np.ndarray, np.ndarray]:
     """``(largest, kept)`` boolean masks of the foreground ``fg``: its largest 26-connected component, and that
