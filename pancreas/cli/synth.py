@@ -1,7 +1,8 @@
 """Write synthetic abdominal CT phantoms (image + mask 0/1/2 + subtype) in the pancreas-quiz layout.
 
 Example: ``pancreas synth phantoms --cases-per-subtype 4 --shape crop --seed 0 --preview``
-(``--profile quiz`` draws volumes, HU, spacings and extents measured on the real quiz data).
+(``--profile quiz`` draws volumes, HU, spacings and extents measured on the real quiz data;
+``--shapes DIR`` takes each case's pancreas and lesion shape from a real mask of its subtype in DIR).
 """
 
 from __future__ import annotations
@@ -24,17 +25,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", default="classic",
                         help="sampling profile: classic (the default, as the demo model was trained on) or quiz "
                              "(distributions measured on the real quiz data, see pancreas/phantoms/calibration.py)")
+    parser.add_argument("--shapes", type=Path, default=None, metavar="DIR",
+                        help="take the pancreas and lesion shapes from real label masks DIR/quiz_{subtype}_{NNN}"
+                             ".nii.gz (0 background, 1 pancreas, 2 lesion): each case uses one mask of its "
+                             "subtype, drawn by the seed, painted and rendered with the phantom's look; every "
+                             "subtype needs a mask (off: the drawn tube gland and ellipsoid lesion)")
     parser.add_argument("--workers", type=int, default=1, help="parallel processes (1)")
     parser.add_argument("--preview", action="store_true", help="also write OUT/preview.png")
 
 
 def run(args: argparse.Namespace) -> int:
     from pancreas.phantoms import SynthConfig, synthesize
+    from pancreas.phantoms.shapes import ShapeSource
 
+    shapes = ShapeSource.scan(args.shapes) if args.shapes is not None else None
     config = SynthConfig(cases_per_subtype=args.cases_per_subtype,
                          splits=tuple(s.strip() for s in args.splits.split(",") if s.strip()),
                          shape=args.shape, seed=args.seed, headers=args.headers, preview=args.preview,
-                         workers=args.workers, profile=args.profile)
+                         workers=args.workers, profile=args.profile, shapes=shapes)
     start = time.perf_counter()
     out = synthesize(args.out, config)
     n = config.cases_per_subtype * 3 * len(config.splits)

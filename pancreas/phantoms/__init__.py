@@ -6,6 +6,7 @@ Python API::
     case = make_case(seed, subtype, shape="crop", headers="varied")  # image, mask (same header), meta
     synthesize(Path("phantoms"), SynthConfig(cases_per_subtype=4))     # quiz layout + phantoms.json
     make_case(seed, subtype, profile="quiz")  # distributions measured on the real quiz data
+    make_case(seed, subtype, shapes=ShapeSource.scan("masks"))  # gland + lesion shape of a real mask [shapes]
 
 Profiles [profiles]: every distribution below comes from one :class:`~pancreas.phantoms.profiles.Profile`.
 ``classic`` (the default) is described here and is bit-identical to the phantoms the demo model was trained
@@ -23,7 +24,8 @@ How a case is made (modules in brackets):
    vertebrae and ribs, aorta/celiac/SMA, IVC, SMV/portal and a splenic vein running along the back of the
    pancreas. The pancreas is a lobulated tube along a jittered Catmull-Rom centreline (uncinate, head,
    neck, body, tail). Every shape is an implicit function of physical coordinates, so different voxel
-   spacings show the same anatomy.
+   spacings show the same anatomy. With ``shapes`` [shapes] a real mask's gland (centred on the tube's
+   centroid) and lesion take the place of the tube and the ellipsoid; the lesion keeps its subtype's look.
 2. A lesion [lesions] in the head (50 %), body (30 %) or tail (20 %); the gland bulges around it so that
    label 2 always replaces label-1 voxels. Diameters are 5-35 mm, 80 % of them 10-30 mm.
 3. HU per tissue in a per-case contrast phase [tissues], parenchymal texture, the lesion blended in,

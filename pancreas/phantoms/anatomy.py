@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Protocol
 
 import numpy as np
 
@@ -40,6 +41,14 @@ class Part:
     layers: tuple[tuple[float, T], ...]
     zone: int = CAVITY  # paints only where the body zone is >= this
     gas_below_y: float | None = None  # air-fluid level: the innermost layer turns to gas anterior to this y
+
+
+class Gland(Protocol):
+    """What :func:`paint` and the field of view need of a pancreas: its field (< 1 inside) and bounding box."""
+
+    def field(self, grid: Grid) -> tuple[Slices, np.ndarray] | None: ...
+
+    def bbox(self) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 @dataclass(frozen=True)
@@ -80,7 +89,7 @@ class Body:
 class Anatomy:
     body: Body
     parts: list[Part]
-    pancreas: PancreasShape
+    pancreas: Gland  # the drawn PancreasShape, or a real mask's gland (pancreas.phantoms.shapes)
     meta: dict = field(default_factory=dict)
 
 

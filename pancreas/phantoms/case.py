@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -10,13 +10,15 @@ import SimpleITK as sitk
 
 from pancreas.errors import PancreasError
 from pancreas.nifti import write_nifti1
-from pancreas.phantoms.anatomy import Anatomy, draw_anatomy, draw_pancreas, paint
+from pancreas.phantoms.anatomy import Anatomy, PancreasShape, draw_anatomy, draw_pancreas, paint
 from pancreas.phantoms.fov import GRIDS, QUIZ_EXTENT_MM, crop_grid, full_grid
 from pancreas.phantoms.geometry import Grid
 from pancreas.phantoms.headers import HEADER_MODES, STORAGES, HeaderSpec, place
 from pancreas.phantoms.lesions import Lesion, draw_lesion, render
 from pancreas.phantoms.noise import NoiseModel, form_image, texture
 from pancreas.phantoms.profiles import PROFILES
+from pancreas.phantoms.shapes import RealShape, ShapeSource
+from pancreas.phantoms.sizing import gland_centroid
 from pancreas.phantoms.tissues import Phase
 
 __all__ = ["GRIDS", "QUIZ_EXTENT_MM", "PhantomCase", "crop_grid", "full_grid", "make_case"]
@@ -54,21 +56,27 @@ def _check(subtype: int, shape: str, headers: str, profile: str) -> None:
 
 
 def make_case(seed: int, subtype: int, *, shape: str = "crop", headers: str = "varied",
-              profile: str = "classic") -> PhantomCase:
+              profile: str = "classic", shapes: ShapeSource | None = None) -> PhantomCase:
     """Generate one phantom. The anatomy, lesion, field of view and noise depend only on ``(seed, subtype,
-    shape, profile)``; ``headers`` changes only how the same canonical array is stored. ``profile`` names
-    the sampling distributions (:data:`pancreas.phantoms.profiles.PROFILES`; ``classic`` by default)."""
+    shape, profile, shapes)``; ``headers`` changes only how the same canonical array is stored. ``profile``
+    names the sampling distributions (:data:`pancreas.phantoms.profiles.PROFILES`; ``classic`` by default).
+    ``shapes`` (off by default) takes the gland and lesion shapes from a real mask of ``subtype`` drawn
+    from it (:mod:`pancreas.phantoms.shapes`) instead of the tube and the ellipsoid."""
     _check(subtype, shape, headers, profile)
     p = PROFILES[profile]
-    # a sixth stream for draws only some profiles make; spawning it leaves the first five unchanged
-    r_anat, r_look, r_grid, r_noise, r_head, r_size = (
-        np.random.default_rng(s) for s in np.random.SeedSequence([int(seed), int(subtype)]).spawn(6))
+    # extra streams for draws only some cases make; spawning them leaves the first five unchanged
+    r_anat, r_look, r_grid, r_noise, r_head, r_size, r_shape = (
+        np.random.default_rng(s) for s in np.random.SeedSequence([int(seed), int(subtype)]).spawn(7))
     phase = Phase.draw(r_look, p.tissues)
     pancreas = draw_pancreas(r_anat)
     lesion = draw_lesion(r_anat, subtype, pancreas, phase.pancreas, p.lesions)
     pancreas = p.gland.shape(r_size, subtype, pancreas, lesion)
     anatomy = draw_anatomy(r_anat, pancreas)
-    grid = GRIDS[shape](r_grid, anatomy, p.fov[shape])
+    fov, shape_meta = p.fov[shape], {}
+    if shapes is not None:
+        anatomy, lesion, shape_meta = _real_shape(shapes.draw(r_shape, subtype), anatomy, pancreas, lesion)
+        fov = fov.covering()
+    grid = GRIDS[shape](r_grid, anatomy, fov)
     hu, labels = _form(grid, anatomy, lesion, phase, NoiseModel.draw(r_noise, p.noise), r_noise)
     spec = HEADER_MODES[headers](r_head)
     world_shift = r_grid.uniform([-40, -260, -700], [40, -120, -200])
@@ -78,8 +86,16 @@ def make_case(seed: int, subtype: int, *, shape: str = "crop", headers: str = "v
     hu_stored = hu if pixel is np.float32 and storage.slope_inter is None else np.rint(hu)
     image = place(hu_stored, grid.spacing, origin, spec, dtype=pixel)
     mask = place(labels, grid.spacing, origin, spec, dtype=np.uint8)
-    meta = {**_meta(grid, spec, lesion, labels, phase, shape, seed), "profile": profile}
+    meta = {**_meta(grid, spec, lesion, labels, phase, shape, seed), "profile": profile, **shape_meta}
     return PhantomCase(image=image, mask=mask, subtype=subtype, meta=meta)
+
+
+def _real_shape(real: RealShape, anatomy: Anatomy, tube: PancreasShape,
+                lesion: Lesion) -> tuple[Anatomy, Lesion, dict]:
+    """The real gland centred where the tube's centroid is, painted last in its place (the vessels stay
+    where the tube put them), and the drawn lesion's look on the real lesion's voxels."""
+    real = real.placed(gland_centroid(tube))
+    return replace(anatomy, pancreas=real.gland), real.lesion_of(lesion), real.meta()
 
 
 def _form(grid: Grid, anatomy: Anatomy, lesion: Lesion, phase: Phase, noise: NoiseModel,

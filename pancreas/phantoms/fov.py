@@ -7,7 +7,7 @@ classic ones reproduce the generator's original draws, the ``quiz`` profile swap
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
@@ -56,12 +56,22 @@ CLASSIC_FULL_SLICE = Mixture(((0.3, 0.7, 1.25), (0.7, 1.25, 3.0), (1.0, 3.0, 5.0
 
 @dataclass(frozen=True)
 class CropModel:
-    """A quiz-like ROI: slice and in-plane spacing, extent (widened to cover the pancreas), slice count."""
+    """A quiz-like ROI: slice and in-plane spacing, extent (widened to cover the pancreas), slice count.
+
+    ``cover_gland`` lets the slice count exceed ``slices[1]`` just as far as the gland needs where thin
+    slices would cut it (real shapes); off, as the profiles have it, a tall gland on thin slices may reach
+    past the crop.
+    """
 
     slice_mm: Distribution = CLASSIC_CROP_SLICE
     inplane_mm: Distribution = field(default_factory=lambda: Uniform(0.6, 0.9))
     extent: Extent = field(default_factory=JitteredExtent)
     slices: tuple[int, int] = (24, 112)
+    cover_gland: bool = False
+
+    def covering(self) -> CropModel:
+        """This model, with crops that always hold the whole gland."""
+        return replace(self, cover_gland=True)
 
     def grid(self, rng: np.random.Generator, anatomy: Anatomy) -> Grid:
         sz = self.slice_mm.sample(rng)
@@ -69,10 +79,13 @@ class CropModel:
         lo, hi = anatomy.pancreas.bbox()
         center = (lo + hi) / 2 + rng.normal(0, 4, 3)
         extent_xyz = self.extent.draw(rng)
-        extent_xyz = np.maximum(extent_xyz, hi - lo + 2 * np.abs(center - (lo + hi) / 2) + 8.0)
+        need_xyz = hi - lo + 2 * np.abs(center - (lo + hi) / 2) + 8.0  # the gland, 4 mm clear each side
+        extent_xyz = np.maximum(extent_xyz, need_xyz)
         spacing_xyz = np.array([sxy, sxy, sz])
         shape_xyz = np.rint(extent_xyz / spacing_xyz).astype(int)
         shape_xyz[2] = int(np.clip(shape_xyz[2], *self.slices))
+        if self.cover_gland:  # (n - 1) slices span at least what the gland needs
+            shape_xyz[2] = max(int(shape_xyz[2]), int(np.ceil(need_xyz[2] / sz)) + 1)
         origin = center - spacing_xyz * (shape_xyz - 1) / 2
         return Grid(shape=tuple(int(n) for n in shape_xyz[::-1]), spacing=(sz, sxy, sxy),
                     origin=tuple(float(o) for o in origin))
@@ -85,6 +98,11 @@ class FullModel:
 
     slice_mm: Distribution = CLASSIC_FULL_SLICE
     inplane_mm: tuple[float, float] = (0.6, 0.9)
+
+    def covering(self) -> FullModel:
+        """This model: its >= 210 mm of slices, centred within 30 mm of the gland's centre, hold any gland
+        up to 150 mm tall."""
+        return self
 
     def grid(self, rng: np.random.Generator, anatomy: Anatomy) -> Grid:
         sz = self.slice_mm.sample(rng)

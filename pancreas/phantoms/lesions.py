@@ -15,18 +15,21 @@ Appearance per subtype (HU relative to the case's pancreas ``P``; the ranges ove
 
 These are the classic looks and diameters (5-35 mm); a :class:`LesionModel` swaps them per subtype (the
 ``quiz`` profile draws the diameter from measured volumes and subtype 2 as a :class:`RelativeLook`).
+A lesion with a ``region`` (a real mask's lesion, :mod:`pancreas.phantoms.shapes`) keeps its drawn look but
+takes its voxels and boundary distance from that region instead of the ellipsoid.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 import numpy as np
 
 from pancreas.phantoms.anatomy import PANCREAS_PARTS, PancreasShape
 from pancreas.phantoms.distributions import Distribution, Mixture, Uniform
-from pancreas.phantoms.geometry import Grid, Waves, ellipsoid, rotation
+from pancreas.phantoms.geometry import Grid, Slices, Waves, ellipsoid, rotation
 
 #: lesion location probabilities
 LOCATIONS = {"head": 0.5, "body": 0.3, "tail": 0.2}
@@ -42,6 +45,12 @@ class Look:
     septum_hu: float = 0.0  # a thin septum (0: none)
 
 
+class Region(Protocol):
+    """A lesion's extent given as a signed distance (mm, negative inside) on any grid."""
+
+    def distance(self, grid: Grid) -> tuple[Slices, np.ndarray] | None: ...
+
+
 @dataclass(frozen=True)
 class Lesion:
     subtype: int
@@ -52,6 +61,7 @@ class Lesion:
     diameter_mm: float  # nominal: diameter of the sphere of equal volume
     look: Look
     waves: Waves  # internal texture field (unit amplitude)
+    region: Region | None = None  # replaces the ellipsoid (a real mask's lesion)
 
 
 def _solid(rng: np.random.Generator, p: float) -> Look:
@@ -152,20 +162,31 @@ def bulge(pancreas: PancreasShape, lesion: Lesion, factor: float = 1.1, margin_m
     return replace(pancreas, radii=np.maximum(pancreas.radii, need))
 
 
+def _extent(grid: Grid, lesion: Lesion) -> tuple[Slices, np.ndarray, np.ndarray] | None:
+    """(slices, ~signed distance to the boundary in mm, inside) of the lesion's region or ellipsoid."""
+    if lesion.region is not None:
+        found = lesion.region.distance(grid)
+        return None if found is None else (found[0], found[1], found[1] < 0)
+    found = ellipsoid(grid, lesion.center, lesion.semi * 1.3, lesion.rot)
+    if found is None:
+        return None
+    s, f = found
+    f = f * 1.3  # normalized to the lesion's own semi-axes, evaluated out to 1.3x
+    return s, (f - 1.0) * float(np.cbrt(np.prod(lesion.semi))), f < 1.0
+
+
 def render(grid: Grid, lesion: Lesion, hu: np.ndarray, pancreas: np.ndarray) -> np.ndarray:
     """Blend the lesion into ``hu`` (in place) inside the pancreas; returns the lesion label (bool)."""
     label = np.zeros(grid.shape, bool)
-    found = ellipsoid(grid, lesion.center, lesion.semi * 1.3, lesion.rot)
+    found = _extent(grid, lesion)
     if found is None:
         return label
-    s, f = found
-    f = f * 1.3  # normalized to the lesion's own semi-axes, evaluated out to 1.3x
+    s, dist, inside = found
     look = lesion.look
-    dist = (f - 1.0) * float(np.cbrt(np.prod(lesion.semi)))  # ~ signed distance to the boundary, mm
     inside_p = pancreas[s]
     weight = inside_p / (1.0 + np.exp(np.clip(dist / max(look.edge_mm * 0.5, 0.05), -30, 30)))
     coords = grid.coords(s)
-    value = np.full(f.shape, look.core_hu, np.float32)
+    value = np.full(dist.shape, look.core_hu, np.float32)
     if look.texture:
         value += look.texture * lesion.waves(coords)
     if look.rim_mm:
@@ -177,6 +198,5 @@ def render(grid: Grid, lesion: Lesion, hu: np.ndarray, pancreas: np.ndarray) -> 
             (z - lesion.center[2]) * normal[2]
         value += look.septum_hu * ((np.abs(d) < 0.7) & (dist < 0))
     hu[s] = hu[s] * (1.0 - weight) + weight * value
-    label[s] = (f < 1.0) & inside_p
+    label[s] = inside & inside_p
     return label
-

@@ -23,8 +23,8 @@ STEP_MM = 1.5
 SCALE_LIMITS = (0.6, 1.6)
 
 
-def gland_volumes(pancreas: PancreasShape, lesion: Lesion, step_mm: float = STEP_MM) -> tuple[float, float]:
-    """(parenchyma, lesion) volume in mL of ``pancreas`` (already bulged) with ``lesion`` inside."""
+def _rasterize(pancreas: PancreasShape, step_mm: float) -> tuple[Grid, np.ndarray]:
+    """A coarse grid over the gland alone and the gland mask on it."""
     lo, hi = pancreas.bbox()
     pad = 0.3 * float(pancreas.radii.max())  # lobulation reaches past the nominal radius
     lo, hi = lo - pad, hi + pad
@@ -34,6 +34,20 @@ def gland_volumes(pancreas: PancreasShape, lesion: Lesion, step_mm: float = STEP
     found = pancreas.field(grid)
     if found is not None:
         gland[found[0]] = found[1] < 1.0
+    return grid, gland
+
+
+def gland_centroid(pancreas: PancreasShape, step_mm: float = STEP_MM) -> np.ndarray:
+    """Centroid (x, y, z mm) of the gland (labels 1 and 2) as it would be painted."""
+    grid, gland = _rasterize(pancreas, step_mm)
+    zyx = np.argwhere(gland).mean(0) if gland.any() else (np.asarray(grid.shape) - 1) / 2
+    return np.asarray(grid.origin) + zyx[::-1] * step_mm
+
+
+def gland_volumes(pancreas: PancreasShape, lesion: Lesion, step_mm: float = STEP_MM) -> tuple[float, float]:
+    """(parenchyma, lesion) volume in mL of ``pancreas`` (already bulged) with ``lesion`` inside."""
+    grid, gland = _rasterize(pancreas, step_mm)
+    shape = grid.shape
     inside = np.zeros(shape, bool)
     found = ellipsoid(grid, lesion.center, lesion.semi, lesion.rot)
     if found is not None:

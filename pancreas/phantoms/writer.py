@@ -12,10 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
+from pancreas import SUBTYPES
 from pancreas.errors import PancreasError
 from pancreas.phantoms.fov import GRIDS
 from pancreas.phantoms.headers import HEADER_MODES
 from pancreas.phantoms.profiles import PROFILES
+from pancreas.phantoms.shapes import ShapeSource
 from pancreas.quiz import SPLITS, SUBTYPE_CSV, TEST_LABELS_DIR, case_id_of, case_paths, write_subtype_csv
 from pancreas.sources import PHANTOM_MANIFEST
 
@@ -24,7 +26,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SynthConfig:
-    """Options of ``pancreas synth`` (see :func:`synthesize`)."""
+    """Options of ``pancreas synth`` (see :func:`synthesize`); ``shapes`` (off by default) takes the gland and
+    lesion shapes from real masks (:meth:`ShapeSource.scan`) and must hold every subtype."""
 
     cases_per_subtype: int = 4
     splits: tuple[str, ...] = SPLITS
@@ -34,6 +37,7 @@ class SynthConfig:
     preview: bool = False
     workers: int = 1
     profile: str = "classic"
+    shapes: ShapeSource | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.cases_per_subtype, int) or self.cases_per_subtype < 1:
@@ -54,6 +58,11 @@ class SynthConfig:
                                 code="invalid_option")
         if self.workers < 1:
             raise PancreasError(f"workers={self.workers} must be >= 1", code="invalid_option")
+        if self.shapes is not None:
+            if not isinstance(self.shapes, ShapeSource):
+                raise PancreasError(f"shapes={self.shapes!r} must be a ShapeSource (ShapeSource.scan(folder))",
+                                    code="invalid_option")
+            self.shapes.require(SUBTYPES)
 
 
 @dataclass(frozen=True)
@@ -85,7 +94,7 @@ def _run_job(job: CaseJob, out: Path, config: SynthConfig) -> dict:
     from pancreas.phantoms.case import make_case
 
     case = make_case(job.seed(config.seed), job.subtype, shape=config.shape, headers=config.headers,
-                     profile=config.profile)
+                     profile=config.profile, shapes=config.shapes)
     image_path, mask_path = job.paths(out)
     case.write(image_path, mask_path)
     return {"case_id": case_id_of(mask_path.name), "split": job.split, "number": job.number,
@@ -109,8 +118,7 @@ def synthesize(out: Path, config: SynthConfig) -> Path:
     seconds = time.perf_counter() - start
     if "test" in config.splits:
         _write_test_table(out, [c for c in cases if c["split"] == "test"])
-    summary = {"config": {**asdict(config), "splits": list(config.splits)}, "seconds": round(seconds, 2),
-               "cases": cases}
+    summary = {"config": _config_record(config), "seconds": round(seconds, 2), "cases": cases}
     (out / PHANTOM_MANIFEST).write_text(json.dumps(summary, indent=1))
     logger.info("wrote %d phantoms to %s in %.1f s", len(cases), out, seconds)
     if config.preview:
@@ -118,6 +126,13 @@ def synthesize(out: Path, config: SynthConfig) -> Path:
 
         write_preview(out, cases, out / "preview.png")
     return out
+
+
+def _config_record(config: SynthConfig) -> dict:
+    """The config as the manifest records it (``shapes`` only when used, as masks per subtype)."""
+    record = {**asdict(config), "splits": list(config.splits)}
+    shapes = record.pop("shapes")
+    return record if shapes is None else {**record, "shapes": config.shapes.summary()}
 
 
 def _write_test_table(out: Path, cases: list[dict]) -> None:
