@@ -98,11 +98,11 @@ class FullModel:
 
     slice_mm: Distribution = CLASSIC_FULL_SLICE
     inplane_mm: tuple[float, float] = (0.6, 0.9)
+    cover_gland: bool = False  # as CropModel's: more than 300 slices where thin slices would cut the gland
 
     def covering(self) -> FullModel:
-        """This model: its >= 210 mm of slices, centred within 30 mm of the gland's centre, hold any gland
-        up to 150 mm tall."""
-        return self
+        """This model, with scans that always hold the whole gland (300 slices of 0.45 mm span only 135 mm)."""
+        return replace(self, cover_gland=True)
 
     def grid(self, rng: np.random.Generator, anatomy: Anatomy) -> Grid:
         sz = self.slice_mm.sample(rng)
@@ -110,6 +110,8 @@ class FullModel:
         nz = int(np.clip(np.rint(rng.uniform(240, 400) / sz), 80, 300))
         lo, hi = anatomy.pancreas.bbox()
         zc = (lo[2] + hi[2]) / 2 + rng.uniform(-30, 30)
+        if self.cover_gland:  # (nz - 1) slices span the gland, off-centre by zc, 4 mm clear each side
+            nz = max(nz, int(np.ceil((hi[2] - lo[2] + 2 * abs(zc - (lo[2] + hi[2]) / 2) + 8.0) / sz)) + 1)
         cx, cy = anatomy.body.center
         origin = (cx - sxy * 511 / 2, cy - sxy * 511 / 2, zc - sz * (nz - 1) / 2)
         return Grid(shape=(nz, 512, 512), spacing=(sz, sxy, sxy), origin=tuple(float(o) for o in origin))

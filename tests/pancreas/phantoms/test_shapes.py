@@ -6,6 +6,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,6 +16,8 @@ from scipy import ndimage
 from pancreas.cli import main
 from pancreas.errors import DatasetError, PancreasError
 from pancreas.phantoms import PhantomCase, SynthConfig, make_case, synthesize
+from pancreas.phantoms.distributions import Uniform
+from pancreas.phantoms.fov import CropModel, FullModel
 from pancreas.phantoms.geometry import Grid, axis_angle
 from pancreas.phantoms.shapes import ShapeSource, load_shape
 
@@ -257,3 +260,19 @@ def test_real_quiz_masks(quiz_real: Path) -> None:
         ml = float(np.prod(case.mask.GetSpacing())) / 1000.0
         assert np.count_nonzero(mask) * ml == pytest.approx(case.meta["shape_pancreas_ml"], rel=0.05)
         assert np.count_nonzero(mask == 2) > 0
+
+
+@pytest.mark.parametrize("model", [CropModel(slice_mm=Uniform(0.45, 0.46)), FullModel(slice_mm=Uniform(0.45, 0.46))])
+def test_covering_grids_hold_a_tall_gland_on_thin_slices(model: CropModel | FullModel) -> None:
+    """A 160 mm tall gland on 0.45 mm slices: past the slice cap (crop 112, full 300 slices), so only the
+    covering model holds it; the same draws otherwise (grids alone, nothing rendered)."""
+    anatomy = SimpleNamespace(pancreas=SimpleNamespace(bbox=lambda: (np.array([-60.0, -20.0, -80.0]),
+                                                                      np.array([60.0, 30.0, 80.0]))),
+                              body=SimpleNamespace(center=(0.0, 20.0), semi=(150.0, 110.0)))
+    for seed in range(5):
+        plain = model.grid(np.random.default_rng(seed), anatomy)
+        grid = model.covering().grid(np.random.default_rng(seed), anatomy)
+        z = grid.axis(0)
+        assert z[0] <= -84.0 and z[-1] >= 84.0, (seed, z[0], z[-1])  # 4 mm clear each side
+        assert plain.axis(0)[-1] - plain.axis(0)[0] < 160.0  # the cap alone cuts it
+        assert grid.spacing == plain.spacing and grid.shape[1:] == plain.shape[1:]
