@@ -1,7 +1,8 @@
 """Pancreas and lesion shapes taken from real label masks (``pancreas synth --shapes DIR``).
 
 A :class:`ShapeSource` lists the masks directly in one folder, ``quiz_{subtype}_{NNN}.nii[.gz]`` (labels 0
-background, 1 pancreas, 2 lesion; float labels such as 1.0000153 are rounded), and draws one of the case's
+background, 1 pancreas, 2 lesion; float labels such as 1.0000153 are rounded and checked by
+:func:`pancreas.evaluation.label_array`), and draws one of the case's
 subtype per case. :func:`load_shape` reads it with :func:`pancreas.nifti.read_image` (SimpleITK) and turns the
 gland (labels 1 + 2) and the lesion (label 2) into :class:`MaskField` s: signed distances in mm on the mask's
 own grid, so its spacing, origin and direction (axis-permuted or oblique included) are honoured.
@@ -24,8 +25,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from pancreas import LABELS, SUBTYPES
+from pancreas import SUBTYPES
 from pancreas.errors import DatasetError
+from pancreas.evaluation import label_array
 from pancreas.nifti import read_image
 from pancreas.phantoms.geometry import Grid, Slices
 from pancreas.phantoms.lesions import Lesion
@@ -166,11 +168,7 @@ def load_shape(path: str | Path) -> RealShape:
     """Read a label mask and build its gland and lesion fields (mask frame, no shift)."""
     path = Path(path)
     image = read_image(path, name=path.name)
-    labels = np.rint(sitk.GetArrayViewFromImage(image)).astype(np.int64)  # (z, y, x); float labels rounded
-    bad = sorted(set(np.unique(labels).tolist()) - set(LABELS.values()))
-    if bad:
-        raise DatasetError(f"shape mask {path.name}: labels {bad[:5]} are not 0 (background), 1 (pancreas) or "
-                           "2 (lesion)", code="bad_labels")
+    labels = label_array(sitk.GetArrayViewFromImage(image), f"shape mask {path.name}")  # (z, y, x), rounded
     gland, lesion = labels > 0, labels == 2
     if not gland.any():
         raise DatasetError(f"shape mask {path.name}: no pancreas (no voxel labelled 1 or 2)", code="no_pancreas")

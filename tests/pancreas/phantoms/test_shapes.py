@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,6 +16,7 @@ from scipy import ndimage
 from pancreas.cli import main
 from pancreas.errors import DatasetError, PancreasError
 from pancreas.phantoms import PhantomCase, SynthConfig, make_case, synthesize
+from pancreas.phantoms.anatomy import Anatomy, draw_anatomy, draw_pancreas
 from pancreas.phantoms.distributions import Uniform
 from pancreas.phantoms.fov import CropModel, FullModel
 from pancreas.phantoms.geometry import Grid, axis_angle
@@ -222,7 +223,7 @@ def test_bad_folders_fail_clearly(tmp_path: Path) -> None:
         SynthConfig(shapes=tmp_path)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(("bad", "message"), [("three", "labels [3] are not 0 (background)"),
+@pytest.mark.parametrize(("bad", "message"), [("three", "label values [3] are outside"),
                                               ("empty", "no pancreas"), ("no_lesion", "no lesion")])
 def test_bad_masks_fail_clearly(tmp_path: Path, bad: str, message: str) -> None:
     root = mask_dir(tmp_path / "masks", bad=bad)
@@ -237,7 +238,7 @@ def test_cli_shapes_option(tmp_path: Path, capsys: pytest.CaptureFixture) -> Non
     (tmp_path / "none").mkdir()
     assert main(["synth", str(tmp_path / "out"), *args, "--shapes", str(tmp_path / "none")]) == 1
     assert "holds no label mask" in capsys.readouterr().err
-    for bad, message in (("three", "labels [3]"), ("empty", "no pancreas")):
+    for bad, message in (("three", "label values [3]"), ("empty", "no pancreas")):
         root = mask_dir(tmp_path / bad, bad=bad)
         assert main(["synth", str(tmp_path / "out"), *args, "--shapes", str(root)]) == 1
         assert message in capsys.readouterr().err
@@ -262,17 +263,32 @@ def test_real_quiz_masks(quiz_real: Path) -> None:
         assert np.count_nonzero(mask == 2) > 0
 
 
+@pytest.fixture(scope="module")
+def tall_anatomy(tmp_path_factory: pytest.TempPathFactory) -> Anatomy:
+    """A drawn abdomen whose gland is a real mask's: an upright ellipsoid 160 mm tall (z 0.5 mm), with a lesion."""
+    path = tmp_path_factory.mktemp("tall") / "quiz_2_001.nii.gz"
+    zyx = np.stack(np.meshgrid(*[np.arange(n) for n in (360, 50, 50)], indexing="ij"), -1) - (179.5, 24.5, 24.5)
+    mm = zyx * (0.5, 1.0, 1.0)
+    gland = ((mm / (80.0, 18.0, 18.0)) ** 2).sum(-1) < 1.0
+    labels = gland.astype(np.uint8) + (gland & (((mm / 8.0) ** 2).sum(-1) < 1.0))
+    image = sitk.GetImageFromArray(labels)
+    image.SetSpacing((1.0, 1.0, 0.5))
+    sitk.WriteImage(image, str(path))
+    rng = np.random.default_rng(0)
+    drawn = draw_anatomy(rng, draw_pancreas(rng))
+    return replace(drawn, pancreas=load_shape(path).placed(np.zeros(3)).gland)
+
+
 @pytest.mark.parametrize("model", [CropModel(slice_mm=Uniform(0.45, 0.46)), FullModel(slice_mm=Uniform(0.45, 0.46))])
-def test_covering_grids_hold_a_tall_gland_on_thin_slices(model: CropModel | FullModel) -> None:
+def test_covering_grids_hold_a_tall_gland_on_thin_slices(model: CropModel | FullModel, tall_anatomy: Anatomy) -> None:
     """A 160 mm tall gland on 0.45 mm slices: past the slice cap (crop 112, full 300 slices), so only the
     covering model holds it; the same draws otherwise (grids alone, nothing rendered)."""
-    anatomy = SimpleNamespace(pancreas=SimpleNamespace(bbox=lambda: (np.array([-60.0, -20.0, -80.0]),
-                                                                      np.array([60.0, 30.0, 80.0]))),
-                              body=SimpleNamespace(center=(0.0, 20.0), semi=(150.0, 110.0)))
+    lo, hi = tall_anatomy.pancreas.bbox()
+    assert hi[2] - lo[2] == pytest.approx(160.0, abs=1.0)
     for seed in range(5):
-        plain = model.grid(np.random.default_rng(seed), anatomy)
-        grid = model.covering().grid(np.random.default_rng(seed), anatomy)
+        plain = model.grid(np.random.default_rng(seed), tall_anatomy)
+        grid = model.covering().grid(np.random.default_rng(seed), tall_anatomy)
         z = grid.axis(0)
-        assert z[0] <= -84.0 and z[-1] >= 84.0, (seed, z[0], z[-1])  # 4 mm clear each side
+        assert z[0] <= lo[2] - 4.0 and z[-1] >= hi[2] + 4.0, (seed, z[0], z[-1])  # 4 mm clear each side
         assert plain.axis(0)[-1] - plain.axis(0)[0] < 160.0  # the cap alone cuts it
         assert grid.spacing == plain.spacing and grid.shape[1:] == plain.shape[1:]
