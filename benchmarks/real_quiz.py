@@ -25,6 +25,15 @@ An optional ``inference`` block compares engine settings (TTA, class weights) on
     "inference": {"note": "...", "rows": [{"model": "fold 0, 260 epochs", "setting": "TTA", "oof": "runs/.../oof.json",
                                            "command": "pancreas oof ... --tta"}]}
 
+An optional ``calibration`` block checks the estimate against the hidden real validation set: per model, its
+real-data estimate here (a ``pancreas evaluate`` report or the ``real`` block of a ``pancreas oof`` report) next
+to the hidden-set figures stated for it (``hidden``: whole / lesion DSC and where they were stated; ``null`` when
+none was measured)::
+
+    "calibration": {"note": "...", "rows": [{"model": "phantom-only demo", "trained_on": "72 phantoms",
+                                             "estimate": "runs/eval.json", "hidden": {"whole": 0.25,
+                                             "lesion": 0.04, "stated": "issue 11"}, "command": "..."}]}
+
 Only aggregates and case ids are written, never images.
 """
 
@@ -97,6 +106,34 @@ def inference_table(rows: list[dict[str, Any]], root: Path) -> str:
     return "\n".join(lines)
 
 
+def real_summary(path: Path) -> dict[str, Any]:
+    """The real-data block of a ``pancreas oof`` report, or the summary of a ``pancreas evaluate`` report."""
+    summary = json.loads(path.read_text())["summary"]
+    return summary.get("real", summary)
+
+
+def calibration_table(rows: list[dict[str, Any]], root: Path) -> str:
+    """Estimate here against the hidden-set figure stated for the same model, and their difference."""
+    header = ("| model | trained on | real cases here | estimate whole / lesion DSC | hidden set whole / lesion DSC | "
+              "hidden minus estimate | command |")
+    lines = [header, "| --- " * 7 + "|"]
+    for row in rows:
+        try:
+            est = real_summary(root / row["estimate"])
+        except FileNotFoundError:
+            logger.warning("calibration row %r: %s missing, skipped", row["model"], row["estimate"])
+            continue
+        hidden = row.get("hidden")
+        if hidden:
+            seen = f"{hidden['whole']:.2f} / {hidden['lesion']:.2f} ({hidden['stated']})"
+            diff = f"{hidden['whole'] - est['whole_dsc']:+.3f} / {hidden['lesion'] - est['lesion_dsc']:+.3f}"
+        else:
+            seen, diff = "not measured here", "-"
+        lines.append(f"| {row['model']} | {row['trained_on']} | {est['n_cases']} | {est['whole_dsc']:.3f} / "
+                     f"{est['lesion_dsc']:.3f} | {seen} | {diff} | `{row['command']}` |")
+    return "\n".join(lines)
+
+
 def plot_rows(measured: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
@@ -159,6 +196,10 @@ def build(spec: dict[str, Any], root: Path, out: Path) -> str:
         title = spec.get("oof_title", "Out-of-fold validation of the shipped bundle")
         parts += [f"## {title} (original grid, through the inference engine)", "",
                   f"Command: `{spec['oof_command']}`", "", spec.get("oof_note", ""), "", report.markdown(), ""]
+    if spec.get("calibration"):
+        block = spec["calibration"]
+        parts += ["## Does the estimate predict the hidden real validation set?", "", block.get("note", ""), "",
+                  calibration_table(block["rows"], root), ""]
     table, measured = ablation_table(spec.get("rows", []), root)
     png = out.with_suffix(".png")
     if measured:

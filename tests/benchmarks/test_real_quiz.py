@@ -37,7 +37,13 @@ def test_page_rows_and_oof(tmp_path) -> None:
             "inference": {"note": "same folds", "rows": [
                 {"model": "fold 0", "setting": "TTA", "oof": "oof_tta.json", "command": "pancreas oof b --tta"},
                 {"model": "fold 0", "setting": "phantoms only", "oof": "oof_ph.json", "command": "-"},
-                {"model": "fold 0", "setting": "gone", "oof": "nope.json", "command": "-"}]}}
+                {"model": "fold 0", "setting": "gone", "oof": "nope.json", "command": "-"}]},
+            "calibration": {"note": "hidden set", "rows": [
+                {"model": "old demo", "trained_on": "phantoms", "estimate": "eval.json", "command": "pancreas evaluate",
+                 "hidden": {"whole": 0.30, "lesion": 0.02, "stated": "issue 11"}},
+                {"model": "5-fold", "trained_on": "real", "estimate": "oof_tta.json", "command": "pancreas oof b",
+                 "hidden": None},
+                {"model": "lost", "trained_on": "-", "estimate": "nope.json", "command": "-"}]}}
     text = build(spec, tmp_path, tmp_path / "out" / "real-quiz.md")
     assert "| real only | none | 12 | 0.6100 | 0.3200 |" in text  # the real block, not the mixed summary
     assert "| phantom only | no real | 60 | 0.2500 | 0.0400 |" in text
@@ -46,4 +52,9 @@ def test_page_rows_and_oof(tmp_path) -> None:
     assert "| fold 0 | TTA | 12 | 0.8030 | 0.4200 | 0.9000 (n=9) | `pancreas oof b --tta` |" in text
     assert "phantoms only" not in text and "| gone |" not in text  # no real block / no file: no row
     assert "| quiz_2_001 | real | 0 | 0.7000 |" in text and "| quiz_2_002 | real | 0 | 0.7000 |" in text
+    # calibration: an evaluate report and the real block of an oof report, hidden minus estimate
+    assert ("| old demo | phantoms | 60 | 0.250 / 0.040 | 0.30 / 0.02 (issue 11) | +0.050 / -0.020 | "
+            "`pancreas evaluate` |") in text
+    assert "| 5-fold | real | 12 | 0.803 / 0.420 | not measured here | - |" in text
+    assert "| lost |" not in text
     assert (tmp_path / "out" / "real-quiz.png").stat().st_size > 1000
