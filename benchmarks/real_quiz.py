@@ -129,8 +129,8 @@ def calibration_table(rows: list[dict[str, Any]], root: Path) -> str:
             diff = f"{hidden['whole'] - est['whole_dsc']:+.3f} / {hidden['lesion'] - est['lesion_dsc']:+.3f}"
         else:
             seen, diff = "not measured here", "-"
-        lines.append(f"| {row['model']} | {row['trained_on']} | {est['n_cases']} | {est['whole_dsc']:.3f} / "
-                     f"{est['lesion_dsc']:.3f} | {seen} | {diff} | `{row['command']}` |")
+        lines.append(f"| {row['model']} | {row['trained_on']} | {est['n_cases']} | {est['whole_dsc']:.4f} / "
+                     f"{est['lesion_dsc']:.4f} | {seen} | {diff} | `{row['command']}` |")
     return "\n".join(lines)
 
 

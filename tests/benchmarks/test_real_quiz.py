@@ -53,8 +53,8 @@ def test_page_rows_and_oof(tmp_path) -> None:
     assert "phantoms only" not in text and "| gone |" not in text  # no real block / no file: no row
     assert "| quiz_2_001 | real | 0 | 0.7000 |" in text and "| quiz_2_002 | real | 0 | 0.7000 |" in text
     # calibration: an evaluate report and the real block of an oof report, hidden minus estimate
-    assert ("| old demo | phantoms | 60 | 0.250 / 0.040 | 0.30 / 0.02 (issue 11) | +0.050 / -0.020 | "
+    assert ("| old demo | phantoms | 60 | 0.2500 / 0.0400 | 0.30 / 0.02 (issue 11) | +0.050 / -0.020 | "
             "`pancreas evaluate` |") in text
-    assert "| 5-fold | real | 12 | 0.803 / 0.420 | not measured here | - |" in text
+    assert "| 5-fold | real | 12 | 0.8030 / 0.4200 | not measured here | - |" in text
     assert "| lost |" not in text
     assert (tmp_path / "out" / "real-quiz.png").stat().st_size > 1000
