@@ -106,10 +106,11 @@ def inference_table(rows: list[dict[str, Any]], root: Path) -> str:
     return "\n".join(lines)
 
 
-def real_summary(path: Path) -> dict[str, Any]:
-    """The real-data block of a ``pancreas oof`` report, or the summary of a ``pancreas evaluate`` report."""
+def real_summary(path: Path) -> dict[str, Any] | None:
+    """The summary of a ``pancreas evaluate`` report, or the real-data block of a ``pancreas oof`` report
+    (``None`` when it scored no real case)."""
     summary = json.loads(path.read_text())["summary"]
-    return summary.get("real", summary)
+    return summary if "whole_dsc" in summary else summary.get("real")
 
 
 def calibration_table(rows: list[dict[str, Any]], root: Path) -> str:
@@ -122,6 +123,9 @@ def calibration_table(rows: list[dict[str, Any]], root: Path) -> str:
             est = real_summary(root / row["estimate"])
         except FileNotFoundError:
             logger.warning("calibration row %r: %s missing, skipped", row["model"], row["estimate"])
+            continue
+        if est is None:
+            logger.warning("calibration row %r: no real cases in %s, skipped", row["model"], row["estimate"])
             continue
         hidden = row.get("hidden")
         if hidden:

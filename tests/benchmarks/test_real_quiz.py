@@ -43,6 +43,7 @@ def test_page_rows_and_oof(tmp_path) -> None:
                  "hidden": {"whole": 0.30, "lesion": 0.02, "stated": "issue 11"}},
                 {"model": "5-fold", "trained_on": "real", "estimate": "oof_tta.json", "command": "pancreas oof b",
                  "hidden": None},
+                {"model": "phantom oof", "trained_on": "-", "estimate": "oof_ph.json", "command": "-"},
                 {"model": "lost", "trained_on": "-", "estimate": "nope.json", "command": "-"}]}}
     text = build(spec, tmp_path, tmp_path / "out" / "real-quiz.md")
     assert "| real only | none | 12 | 0.6100 | 0.3200 |" in text  # the real block, not the mixed summary
@@ -56,5 +57,5 @@ def test_page_rows_and_oof(tmp_path) -> None:
     assert ("| old demo | phantoms | 60 | 0.2500 / 0.0400 | 0.30 / 0.02 (issue 11) | +0.050 / -0.020 | "
             "`pancreas evaluate` |") in text
     assert "| 5-fold | real | 12 | 0.8030 / 0.4200 | not measured here | - |" in text
-    assert "| lost |" not in text
+    assert "| lost |" not in text and "| phantom oof |" not in text  # no file / no real block: no row
     assert (tmp_path / "out" / "real-quiz.png").stat().st_size > 1000
