@@ -1,0 +1,197 @@
+"""Per-case out-of-fold tables kept in git, and paired comparisons of two recipes on the same held-out cases.
+
+``pancreas oof`` writes ``oof.json`` under ``runs/``, which is not in git and goes with the machine. ``keep`` copies
+the metric columns of its cases (case id, source, fold, DSC / NSD / HD95, subtypes, predicted gland volume; never
+a mask or an image) into a small JSON table under ``benchmarks/results/real-quiz-cases/``, so that a later session
+can still set a new recipe against it. ``compare`` renders a page of paired comparisons: for each pair, the cases
+both tables scored (same case, same fold), the two means, the mean paired difference with its standard error, and
+how many cases got better or worse::
+
+    python -m benchmarks.case_tables keep runs/oof/oof.json --out benchmarks/results/real-quiz-cases/x.json \\
+        --model "..." --command "pancreas oof ..."
+    python -m benchmarks.case_tables compare --spec benchmarks/real_quiz_candidates.json \\
+        --out benchmarks/results/real-quiz-candidates.md
+
+The spec: ``{"title": ..., "data": ..., "pairs": [{"name": ..., "baseline": "x.json", "candidate": "y.json",
+"sources": ["real", "phantom"], "note": ...}], "footer": [...]}`` (table paths relative to ``--root``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+#: the columns a kept table holds per case (metrics may be null: undefined, or not recorded)
+COLUMNS = ("case_id", "source", "fold", "whole_dsc", "lesion_dsc", "whole_nsd2", "lesion_nsd2", "whole_hd95",
+           "lesion_hd95", "gt_subtype", "pred_subtype", "pancreas_ml")
+#: the metrics a paired comparison reports
+PAIRED_KEYS = ("whole_dsc", "lesion_dsc")
+
+
+@dataclass(frozen=True)
+class CaseTable:
+    """One model's (or recipe's) out-of-fold rows: ``COLUMNS`` per case, plus what made them."""
+
+    model: str
+    command: str
+    cases: list[dict[str, Any]]
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, path: str | Path) -> CaseTable:
+        """A kept table; ``ValueError`` naming the file and the gap when it is not one."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} is not JSON ({exc}); expected a table written by `case_tables keep`") from exc
+        missing = [k for k in ("model", "command", "cases") if k not in data]
+        if missing:
+            raise ValueError(f"{path} lacks {missing}; expected a table written by `case_tables keep`")
+        for row in data["cases"]:
+            gaps = [c for c in COLUMNS if c not in row]
+            if gaps:
+                raise ValueError(f"{path}: case {row.get('case_id', '?')!r} lacks columns {gaps}")
+        extra = {k: v for k, v in data.items() if k not in ("model", "command", "cases", "note")}
+        return cls(data["model"], data["command"], data["cases"], data.get("note", ""), extra)
+
+    def write(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        body = {"model": self.model, "command": self.command, "note": self.note, **self.extra, "cases": self.cases}
+        path.write_text(json.dumps(body, indent=1, ensure_ascii=False) + "\n")
+        return path
+
+    def by_case(self, source: str) -> dict[str, dict[str, Any]]:
+        return {r["case_id"]: r for r in self.cases if r["source"] == source}
+
+
+def _clean(value: Any) -> Any:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def keep(oof_json: str | Path, *, model: str, command: str, note: str = "") -> CaseTable:
+    """The metric columns of a ``pancreas oof`` report's cases (paths, probabilities and engine prints dropped)."""
+    data = json.loads(Path(oof_json).read_text())
+    if "cases" not in data:
+        raise ValueError(f"{oof_json} has no 'cases'; expected the oof.json of `pancreas oof`")
+    cases = [{c: _clean(r.get(c)) for c in COLUMNS} for r in data["cases"]]
+    return CaseTable(model, command, sorted(cases, key=lambda r: (r["source"], r["case_id"])), note)
+
+
+def paired(baseline: CaseTable, candidate: CaseTable, source: str = "real") -> dict[str, Any]:
+    """Means, mean paired difference (candidate - baseline) and its standard error over the cases both scored.
+
+    Raises:
+        ValueError: no case in common, or a case held out by different folds (not the same split).
+    """
+    base, cand = baseline.by_case(source), candidate.by_case(source)
+    common = sorted(set(base) & set(cand))
+    if not common:
+        raise ValueError(f"{baseline.model!r} and {candidate.model!r} share no {source} case")
+    moved = [c for c in common if str(base[c]["fold"]) != str(cand[c]["fold"])]
+    if moved:
+        raise ValueError(f"cases {moved[:5]} are held out by different folds in {baseline.model!r} and "
+                         f"{candidate.model!r}: not the same split, so the pairs are not comparable")
+    out: dict[str, Any] = {"source": source, "n": len(common), "cases": common,
+                           "folds": sorted({str(base[c]["fold"]) for c in common})}
+    for key in PAIRED_KEYS:
+        pairs = np.array([(base[c][key], cand[c][key]) for c in common
+                          if base[c][key] is not None and cand[c][key] is not None], dtype=float).reshape(-1, 2)
+        diff = pairs[:, 1] - pairs[:, 0]
+        se = float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else float("nan")
+        out[key] = {"n": len(diff), "baseline": float(pairs[:, 0].mean()), "candidate": float(pairs[:, 1].mean()),
+                    "diff": float(diff.mean()), "se": se, "better": int((diff > 0).sum()),
+                    "worse": int((diff < 0).sum())}
+    return out
+
+
+def _cell(m: dict[str, Any]) -> str:
+    diff = round(m["diff"], 4) + 0.0  # no "-0.0000"
+    return (f"{m['baseline']:.4f} | {m['candidate']:.4f} | {diff:+.4f} ± {m['se']:.4f} | "
+            f"{m['better']} / {m['worse']}")
+
+
+def plot_pairs(results: list[tuple[str, dict[str, Any], CaseTable, CaseTable]], path: Path) -> None:
+    """Candidate against baseline per case (one panel per metric); points above the diagonal improved."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(PAIRED_KEYS), figsize=(4.2 * len(PAIRED_KEYS), 4.2))
+    for ax, key in zip(np.atleast_1d(axes), PAIRED_KEYS):
+        for name, res, base, cand in results:
+            b, c = base.by_case(res["source"]), cand.by_case(res["source"])
+            pts = [(b[k][key], c[k][key]) for k in res["cases"] if b[k][key] is not None and c[k][key] is not None]
+            ax.scatter(*zip(*pts), s=14, alpha=0.7, label=f"{name} ({res['source']}, n={len(pts)})")
+        ax.plot([0, 1], [0, 1], color="grey", lw=0.8)
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel=f"baseline {key}", ylabel=f"candidate {key}")
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def compare_page(spec: dict[str, Any], root: Path, out: Path) -> str:
+    """The markdown page of every pair in ``spec`` (and its plot next to it)."""
+    header = ("| pair | data | cases (folds) | " + " | ".join(
+        f"baseline {k} | candidate {k} | difference ± SE | better / worse" for k in PAIRED_KEYS) + " |")
+    lines = [f"# {spec['title']}", "", spec.get("data", ""), "", header,
+             "| --- " * (3 + 4 * len(PAIRED_KEYS)) + "|"]
+    results, details = [], []
+    for pair in spec["pairs"]:
+        base, cand = CaseTable.read(root / pair["baseline"]), CaseTable.read(root / pair["candidate"])
+        for source in pair.get("sources", ["real"]):
+            res = paired(base, cand, source)
+            results.append((pair["name"], res, base, cand))
+            cells = " | ".join(_cell(res[k]) for k in PAIRED_KEYS)
+            lines.append(f"| {pair['name']} | {source} | {res['n']} ({', '.join(res['folds'])}) | {cells} |")
+        details += [f"### {pair['name']}", "", pair.get("note", ""), "",
+                    f"- baseline: {base.model}: `{base.command}`" + (f" ({base.note})" if base.note else ""),
+                    f"- candidate: {cand.model}: `{cand.command}`" + (f" ({cand.note})" if cand.note else ""), ""]
+    png = out.with_suffix(".png")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    plot_pairs(results, png)
+    lines += ["", f"![candidate against baseline per case]({png.name})", "", *details, *spec.get("footer", [])]
+    text = "\n".join(lines) + "\n"
+    out.write_text(text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    k = sub.add_parser("keep", help="copy an oof.json's per-case metrics into a table kept in git")
+    k.add_argument("oof", type=Path)
+    k.add_argument("--out", type=Path, required=True)
+    k.add_argument("--model", required=True)
+    k.add_argument("--command", required=True, help="the commands that made the fold models and the report")
+    k.add_argument("--note", default="")
+    c = sub.add_parser("compare", help="render the paired comparisons a spec lists")
+    c.add_argument("--spec", type=Path, required=True)
+    c.add_argument("--out", type=Path, default=Path("benchmarks/results/real-quiz-candidates.md"))
+    c.add_argument("--root", type=Path, default=Path("."), help="table paths in the spec are relative to this")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.cmd == "keep":
+        path = keep(args.oof, model=args.model, command=args.command, note=args.note).write(args.out)
+    else:
+        path = args.out
+        compare_page(json.loads(args.spec.read_text()), args.root, path)
+    logger.info("wrote %s", path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

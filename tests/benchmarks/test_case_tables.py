@@ -1,0 +1,88 @@
+"""Per-case tables kept in git and paired comparisons: real oof.json rows in, means and paired differences out."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from benchmarks.case_tables import CaseTable, compare_page, keep, paired
+
+
+def oof_row(case: str, fold: str, whole: float, lesion: float | None, source: str = "real") -> dict:
+    return {"case_id": case, "fold": fold, "source": source, "gt_subtype": 2, "pred_subtype": 0, "pancreas_ml": 60.0,
+            "whole_dsc": whole, "lesion_dsc": lesion, "whole_nsd2": 0.5, "lesion_nsd2": 0.4, "whole_hd95": 5.0,
+            "lesion_hd95": None, "probabilities": [0.1, 0.2, 0.7], "engine": {"tta": True},
+            "pred_path": "runs/x/masks/a.nii.gz"}
+
+
+def write_oof(path, rows) -> None:
+    path.write_text(json.dumps({"bundle": "b", "summary": {}, "cases": rows}))
+
+
+def test_keep_copies_metric_columns_only(tmp_path) -> None:
+    write_oof(tmp_path / "oof.json", [oof_row("quiz_2_002", "1", 0.8, 0.5), oof_row("quiz_2_001", "0", 0.7, None)])
+    table = keep(tmp_path / "oof.json", model="m", command="pancreas oof b", note="n")
+    path = table.write(tmp_path / "kept" / "m.json")
+    back = CaseTable.read(path)
+    assert [r["case_id"] for r in back.cases] == ["quiz_2_001", "quiz_2_002"]
+    assert back.cases[0]["lesion_dsc"] is None and back.cases[1]["whole_dsc"] == 0.8
+    assert "probabilities" not in back.cases[0] and "pred_path" not in back.cases[0]
+    assert (back.model, back.command, back.note) == ("m", "pancreas oof b", "n")
+
+
+def test_paired_differences_and_refusals(tmp_path) -> None:
+    base = CaseTable("base", "-", [oof_row("a", "0", 0.70, 0.40), oof_row("b", "0", 0.80, 0.10),
+                                    oof_row("c", "1", 0.60, None), oof_row("only_base", "1", 0.1, 0.1),
+                                    oof_row("p", "0", 0.90, 0.60, source="phantom")])
+    cand = CaseTable("cand", "-", [oof_row("a", "0", 0.75, 0.50), oof_row("b", "0", 0.78, 0.30),
+                                    oof_row("c", "1", 0.70, 0.20), oof_row("only_cand", "2", 0.9, 0.9)])
+    res = paired(base, cand, "real")
+    assert res["n"] == 3 and res["folds"] == ["0", "1"] and res["cases"] == ["a", "b", "c"]
+    whole = res["whole_dsc"]
+    diffs = [0.05, -0.02, 0.10]
+    mean = sum(diffs) / 3
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / 2)
+    assert whole["diff"] == pytest.approx(mean) and whole["se"] == pytest.approx(sd / math.sqrt(3))
+    assert whole["baseline"] == pytest.approx(0.70) and whole["candidate"] == pytest.approx(0.7433333)
+    assert (whole["better"], whole["worse"]) == (2, 1)
+    lesion = res["lesion_dsc"]  # case c has no baseline lesion figure: left out of that pair only
+    assert lesion["n"] == 2 and lesion["diff"] == pytest.approx(0.15) and (lesion["better"], lesion["worse"]) == (2, 0)
+    with pytest.raises(ValueError, match="share no phantom case"):
+        paired(base, cand, "phantom")
+    moved = CaseTable("moved", "-", [oof_row("a", "3", 0.7, 0.4)])
+    with pytest.raises(ValueError, match="different folds"):
+        paired(base, moved, "real")
+
+
+def test_read_refuses_what_keep_did_not_write(tmp_path) -> None:
+    (tmp_path / "oof.json").write_text(json.dumps({"bundle": "b", "cases": []}))
+    with pytest.raises(ValueError, match="lacks"):
+        CaseTable.read(tmp_path / "oof.json")
+    (tmp_path / "short.json").write_text(json.dumps({"model": "m", "command": "c", "cases": [{"case_id": "a"}]}))
+    with pytest.raises(ValueError, match="'a' lacks columns"):
+        CaseTable.read(tmp_path / "short.json")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(ValueError, match="not JSON"):
+        CaseTable.read(tmp_path / "bad.json")
+    (tmp_path / "summary_only.json").write_text(json.dumps({"bundle": "b", "summary": {}}))
+    with pytest.raises(ValueError, match="no 'cases'"):
+        keep(tmp_path / "summary_only.json", model="m", command="c")
+
+
+def test_compare_page_renders_each_pair_and_a_plot(tmp_path) -> None:
+    CaseTable("base", "pancreas train A", [oof_row("a", "0", 0.70, 0.40), oof_row("b", "0", 0.80, 0.10),
+                                            oof_row("p", "0", 0.90, 0.60, source="phantom"),
+                                            oof_row("q", "0", 0.80, 0.50, source="phantom")]).write(tmp_path / "b.json")
+    CaseTable("cand", "pancreas train B", [oof_row("a", "0", 0.80, 0.50), oof_row("b", "0", 0.90, 0.20),
+                                            oof_row("p", "0", 0.85, 0.60, source="phantom"),
+                                            oof_row("q", "0", 0.85, 0.50, source="phantom")]).write(tmp_path / "c.json")
+    spec = {"title": "Candidates", "data": "real quiz", "footer": ["done"],
+            "pairs": [{"name": "B vs A", "baseline": "b.json", "candidate": "c.json", "sources": ["real", "phantom"],
+                       "note": "two folds"}]}
+    text = compare_page(spec, tmp_path, tmp_path / "out" / "page.md")
+    assert "| B vs A | real | 2 (0) | 0.7500 | 0.8500 | +0.1000 ± 0.0000 | 2 / 0 | 0.2500 | 0.3500 |" in text
+    assert "| B vs A | phantom | 2 (0) | 0.8500 | 0.8500 | +0.0000 ± 0.0500 | 1 / 1 |" in text
+    assert "`pancreas train B`" in text and text.rstrip().endswith("done")
+    assert (tmp_path / "out" / "page.png").stat().st_size > 1000
