@@ -129,16 +129,18 @@ def plot_pairs(results: list[tuple[str, dict[str, Any], CaseTable, CaseTable]], 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(PAIRED_KEYS), figsize=(4.2 * len(PAIRED_KEYS), 4.2))
+    legend_h = 0.25 * len(results) + 0.2
+    fig, axes = plt.subplots(1, len(PAIRED_KEYS), figsize=(4.2 * len(PAIRED_KEYS), 4.2 + legend_h))
     for ax, key in zip(np.atleast_1d(axes), PAIRED_KEYS):
         for name, res, base, cand in results:
             b, c = base.by_case(res["source"]), cand.by_case(res["source"])
             pts = [(b[k][key], c[k][key]) for k in res["cases"] if b[k][key] is not None and c[k][key] is not None]
-            ax.scatter(*zip(*pts), s=14, alpha=0.7, label=f"{name} ({res['source']}, n={len(pts)})")
+            ax.scatter(*zip(*pts), s=14, alpha=0.7, label=f"{name}: {res['source']} cases")
         ax.plot([0, 1], [0, 1], color="grey", lw=0.8)
         ax.set(xlim=(0, 1), ylim=(0, 1), xlabel=f"baseline {key}", ylabel=f"candidate {key}")
-        ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    handles, labels = np.atleast_1d(axes)[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, legend_h / (4.2 + legend_h), 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
