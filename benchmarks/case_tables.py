@@ -2,8 +2,8 @@
 
 ``pancreas oof`` writes ``oof.json`` under ``runs/``, which is not in git and goes with the machine. ``keep`` copies
 the metric columns of its cases (case id, source, fold, DSC / NSD / HD95, subtypes, predicted gland volume; never
-a mask or an image) into a small JSON table under ``benchmarks/results/real-quiz-cases/``, so that a later session
-can still set a new recipe against it. ``compare`` renders a page of paired comparisons: for each pair, the cases
+a mask or an image) into a small JSON table under ``benchmarks/results/real-quiz-cases/``, so that a new recipe
+can be set against it later, on another machine. ``compare`` renders a page of paired comparisons: for each pair, the cases
 both tables scored (same case, same fold), the two means, the mean paired difference with its standard error, and
 how many cases got better or worse::
 
