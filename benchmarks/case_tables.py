@@ -109,6 +109,10 @@ def paired(baseline: CaseTable, candidate: CaseTable, source: str = "real") -> d
         pairs = np.array([(base[c][key], cand[c][key]) for c in common
                           if base[c][key] is not None and cand[c][key] is not None], dtype=float).reshape(-1, 2)
         diff = pairs[:, 1] - pairs[:, 0]
+        if not len(diff):  # no case has this figure on both sides (say, no lesion DSC in one table)
+            out[key] = {"n": 0, "baseline": math.nan, "candidate": math.nan, "diff": math.nan, "se": math.nan,
+                        "better": 0, "worse": 0}
+            continue
         se = float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else float("nan")
         out[key] = {"n": len(diff), "baseline": float(pairs[:, 0].mean()), "candidate": float(pairs[:, 1].mean()),
                     "diff": float(diff.mean()), "se": se, "better": int((diff > 0).sum()),
@@ -117,6 +121,8 @@ def paired(baseline: CaseTable, candidate: CaseTable, source: str = "real") -> d
 
 
 def _cell(m: dict[str, Any]) -> str:
+    if not m["n"]:
+        return "- | - | no case with this figure in both tables | -"
     diff = round(m["diff"], 4) + 0.0  # no "-0.0000"
     return (f"{m['baseline']:.4f} | {m['candidate']:.4f} | {diff:+.4f} ± {m['se']:.4f} | "
             f"{m['better']} / {m['worse']}")
@@ -135,6 +141,8 @@ def plot_pairs(results: list[tuple[str, dict[str, Any], CaseTable, CaseTable]], 
         for name, res, base, cand in results:
             b, c = base.by_case(res["source"]), cand.by_case(res["source"])
             pts = [(b[k][key], c[k][key]) for k in res["cases"] if b[k][key] is not None and c[k][key] is not None]
+            if not pts:  # nothing to draw for this metric (see the table's "no case" cell)
+                continue
             ax.scatter(*zip(*pts), s=14, alpha=0.7, label=f"{name}: {res['source']} cases")
         ax.plot([0, 1], [0, 1], color="grey", lw=0.8)
         ax.set(xlim=(0, 1), ylim=(0, 1), xlabel=f"baseline {key}", ylabel=f"candidate {key}")

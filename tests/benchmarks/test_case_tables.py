@@ -86,3 +86,14 @@ def test_compare_page_renders_each_pair_and_a_plot(tmp_path) -> None:
     assert "| B vs A | phantom | 2 (0) | 0.8500 | 0.8500 | +0.0000 ± 0.0500 | 1 / 1 |" in text
     assert "`pancreas train B`" in text and text.rstrip().endswith("done")
     assert (tmp_path / "out" / "page.png").stat().st_size > 1000
+
+
+def test_a_metric_no_case_has_on_both_sides_is_named_not_averaged(tmp_path) -> None:
+    CaseTable("base", "A", [oof_row("a", "0", 0.70, 0.40), oof_row("b", "0", 0.80, 0.10)]).write(tmp_path / "b.json")
+    CaseTable("cand", "B", [oof_row("a", "0", 0.80, None), oof_row("b", "0", 0.90, None)]).write(tmp_path / "c.json")
+    res = paired(CaseTable.read(tmp_path / "b.json"), CaseTable.read(tmp_path / "c.json"))
+    assert res["lesion_dsc"]["n"] == 0 and math.isnan(res["lesion_dsc"]["diff"])
+    spec = {"title": "T", "pairs": [{"name": "B vs A", "baseline": "b.json", "candidate": "c.json"}]}
+    text = compare_page(spec, tmp_path, tmp_path / "page.md")
+    assert "| 0.7500 | 0.8500 | +0.1000 ± 0.0000 | 2 / 0 | - | - | no case with this figure in both tables | - |" in text
+    assert (tmp_path / "page.png").stat().st_size > 1000
