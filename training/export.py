@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -149,7 +150,9 @@ def phantom_metrics(bundle_root: str | Path, split_dir: str | Path, work: str | 
                     *, threads: int | None = None, backend: str = "torch") -> dict[str, Any]:
     """Score a bundle on a labelled phantom split exactly as ``pancreas predict`` + ``pancreas evaluate`` do.
 
-    Returns ``phantom_*`` metrics (never real-data scores) plus the settings they were measured with.
+    Returns ``phantom_*`` metrics (never real-data scores) plus the settings they were measured with;
+    ``phantom_per_case`` holds each case's whole / lesion DSC and predicted subtype, so that a part of the split
+    can be re-scored against them.
     """
     from pancreas.engine import EngineConfig
     from pancreas.evaluation import evaluate_folders
@@ -161,13 +164,19 @@ def phantom_metrics(bundle_root: str | Path, split_dir: str | Path, work: str | 
     predict_cases(images=split_dir, out=pred, models=[bundle_root], config=config)
     report = evaluate_folders(pred, split_dir, pred_subtypes=pred / SUBTYPE_CSV)
     s = report.summary
+    per_case = {row["case_id"]: {"whole_dsc": _rounded(row["whole_dsc"]), "lesion_dsc": _rounded(row["lesion_dsc"]),
+                                 "pred_subtype": row["pred_subtype"]} for row in report.per_case}
     return {"phantom_whole_dsc": s["whole_dsc"], "phantom_lesion_dsc": s["lesion_dsc"],
             "phantom_macro_f1": (s.get("subtype") or {}).get("macro_f1"),
             "phantom_accuracy": (s.get("subtype") or {}).get("accuracy"),
             "phantom_whole_nsd2": s.get("whole_nsd2"), "phantom_lesion_nsd2": s.get("lesion_nsd2"),
-            "phantom_n_cases": s["n_cases"], "phantom_split": str(split_dir),
+            "phantom_n_cases": s["n_cases"], "phantom_split": str(split_dir), "phantom_per_case": per_case,
             "phantom_measured_with": f"pancreas predict ({backend}, cpu, step 0.5; TTA, class weights and "
                                      "postprocessing as the bundle records) + pancreas evaluate"}
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None or math.isnan(value) else round(float(value), 4)
 
 
 def record_metrics(bundle_root: str | Path, metrics: dict[str, Any]) -> Bundle:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -101,13 +102,16 @@ def _run_job(job: CaseJob, out: Path, config: SynthConfig) -> dict:
             "image": str(image_path.relative_to(out)), "mask": str(mask_path.relative_to(out)), **case.meta}
 
 
-def synthesize(out: Path, config: SynthConfig) -> Path:
-    """Write phantoms in the quiz layout under ``out`` (plus ``phantoms.json``); returns ``out``."""
+def synthesize(out: Path, config: SynthConfig, *, select: Callable[[CaseJob], bool] | None = None) -> Path:
+    """Write phantoms in the quiz layout under ``out`` (plus ``phantoms.json``); returns ``out``.
+
+    ``select`` keeps only the planned cases it accepts, each with the id and image the full run gives it.
+    """
     from tqdm import tqdm
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    jobs = plan_jobs(config)
+    jobs = [job for job in plan_jobs(config) if select is None or select(job)]
     start = time.perf_counter()
     bar = {"total": len(jobs), "desc": "phantoms", "unit": "case", "disable": None}
     if config.workers > 1:

@@ -86,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             measured = phantom_metrics(bundle.root, args.evaluate_on, tmp, threads=args.threads)
         bundle = record_metrics(bundle.root, measured)
-        print(json.dumps({k: v for k, v in measured.items() if k.startswith("phantom_")}, indent=1))
+        print(json.dumps({k: v for k, v in measured.items() if k.startswith("phantom_") and k != "phantom_per_case"},
+                         indent=1))
     print(f"bundle {bundle.root}: {len(bundle.metadata.artifacts)} artifact(s), {bundle_size_mb(bundle.root):.1f} MB, "
           f"head {bundle.metadata.network.head.variant}")
     return 0

@@ -73,6 +73,13 @@ def test_cli_is_deterministic(tmp_path: Path, capsys: pytest.CaptureFixture) -> 
     assert len(digest["a"]) == 12 and "validation/subtype1/quiz_1_002_0000.nii.gz" in digest["a"]
     assert digest["a"] == digest["b"]
     assert set(digest["a"]) == set(digest["c"]) and digest["a"] != digest["c"]
+    # a selected part of the plan: the same ids and the same bytes as in the full run, nothing else
+    part = synthesize(tmp_path / "d", SynthConfig(cases_per_subtype=1, splits=("validation", "test"), seed=4),
+                      select=lambda job: job.subtype == 1)
+    got = {f: hashlib.sha256((part / f).read_bytes()).hexdigest() for f in _files(part) if f.endswith(".gz")}
+    assert sorted(got) == ["test/quiz_005_0000.nii.gz", "test_labels/quiz_005.nii.gz",
+                           "validation/subtype1/quiz_1_002.nii.gz", "validation/subtype1/quiz_1_002_0000.nii.gz"]
+    assert got == {f: digest["a"][f] for f in got}
 
 
 def test_cli_rejects_bad_options(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
