@@ -5,6 +5,7 @@ Python API::
     from pancreas.phantoms import SynthConfig, PhantomCase, make_case, synthesize
     case = make_case(seed, subtype, shape="crop", headers="varied")  # image, mask (same header), meta
     synthesize(Path("phantoms"), SynthConfig(cases_per_subtype=4))     # quiz layout + phantoms.json
+    synthesize(out, config, select=lambda job: job.split == "validation")  # part of a plan, same ids and bytes
     make_case(seed, subtype, profile="quiz")  # distributions measured on the real quiz data
     make_case(seed, subtype, shapes=ShapeSource.scan("masks"))  # gland + lesion shape of a real mask [shapes]
 
