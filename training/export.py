@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import math
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -155,7 +154,7 @@ def phantom_metrics(bundle_root: str | Path, split_dir: str | Path, work: str | 
     can be re-scored against them.
     """
     from pancreas.engine import EngineConfig
-    from pancreas.evaluation import evaluate_folders
+    from pancreas.evaluation import evaluate_folders, jsonable
     from pancreas.predict import predict_cases
     from pancreas.quiz import SUBTYPE_CSV
 
@@ -164,8 +163,8 @@ def phantom_metrics(bundle_root: str | Path, split_dir: str | Path, work: str | 
     predict_cases(images=split_dir, out=pred, models=[bundle_root], config=config)
     report = evaluate_folders(pred, split_dir, pred_subtypes=pred / SUBTYPE_CSV)
     s = report.summary
-    per_case = {row["case_id"]: {"whole_dsc": _rounded(row["whole_dsc"]), "lesion_dsc": _rounded(row["lesion_dsc"]),
-                                 "pred_subtype": row["pred_subtype"]} for row in report.per_case}
+    per_case = {row["case_id"]: jsonable({"whole_dsc": round(row["whole_dsc"], 4), "lesion_dsc": round(row["lesion_dsc"], 4),
+                                          "pred_subtype": row["pred_subtype"]}) for row in report.per_case}
     return {"phantom_whole_dsc": s["whole_dsc"], "phantom_lesion_dsc": s["lesion_dsc"],
             "phantom_macro_f1": (s.get("subtype") or {}).get("macro_f1"),
             "phantom_accuracy": (s.get("subtype") or {}).get("accuracy"),
@@ -173,10 +172,6 @@ def phantom_metrics(bundle_root: str | Path, split_dir: str | Path, work: str | 
             "phantom_n_cases": s["n_cases"], "phantom_split": str(split_dir), "phantom_per_case": per_case,
             "phantom_measured_with": f"pancreas predict ({backend}, cpu, step 0.5; TTA, class weights and "
                                      "postprocessing as the bundle records) + pancreas evaluate"}
-
-
-def _rounded(value: float | None) -> float | None:
-    return None if value is None or math.isnan(value) else round(float(value), 4)
 
 
 def record_metrics(bundle_root: str | Path, metrics: dict[str, Any]) -> Bundle:

@@ -31,7 +31,7 @@ def test_demo_bundle_names_its_training_data() -> None:
 def test_real_test_images_through_predict(tmp_path) -> None:
     """All 20 real test images: a mask on each input's exact grid, subtypes in the CSV, volumes recorded.
 
-    Without TTA (8x faster): the service's test sends the same images through the bundle's defaults."""
+    Without TTA (about 6x faster here): the service's test sends the same images through the bundle's defaults."""
     from pancreas.cli import main
 
     images = sorted((QUIZ / "test").glob("*_0000.nii.gz"))

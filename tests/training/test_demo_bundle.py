@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from pancreas.bundle import Bundle, default_bundle_path
+from pancreas.quiz import QUIZ_MASK
 
 RECORDED = ("phantom_whole_dsc", "phantom_lesion_dsc", "phantom_macro_f1")
 
@@ -40,7 +41,7 @@ def test_recorded_per_case_table_gives_the_recorded_metrics() -> None:
     assert len(cases) == metrics["phantom_n_cases"] == 72 and "onnxruntime" in metrics["phantom_per_case_measured_with"]
     for key in ("whole_dsc", "lesion_dsc"):
         assert np.mean([c[key] for c in cases.values()]) == pytest.approx(metrics[f"phantom_{key}"], abs=0.01), key
-    truth = {case: int(case.split("_")[1]) for case in cases}  # quiz_<subtype>_<NNN>
+    truth = {case: int(QUIZ_MASK.match(case).group(1)) for case in cases}  # quiz_<subtype>_<NNN>
     accuracy = np.mean([cases[c]["pred_subtype"] == truth[c] for c in cases])
     assert accuracy == pytest.approx(metrics["phantom_accuracy"], abs=0.03)
 
