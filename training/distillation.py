@@ -29,6 +29,7 @@ from pancreas.bundle import NetworkConfig
 from pancreas.errors import DatasetError, PancreasError
 from pancreas.network import MultiTaskUNet, build_network
 from training.losses import distillation_kl
+from training.precision import as_float
 from training.trainer import MultiTaskTrainer, TrainOptions
 
 logger = logging.getLogger(__name__)
@@ -95,7 +96,8 @@ class DistillationTrainer(MultiTaskTrainer):
         with torch.no_grad():
             seg_t, cls_t = self.teacher(data)  # type: ignore[misc]
         seg_t = seg_t[0] if isinstance(seg_t, (list, tuple)) else seg_t  # a deep-supervision teacher
-        seg, cls = self.network(data)
+        seg_t, cls_t = as_float(seg_t, self.device.type), as_float(cls_t, self.device.type)
+        seg, cls = self.network_outputs(data)
         hard, parts = self.loss(seg, target, cls, labels, weight)
         top = seg[0] if isinstance(seg, (list, tuple)) else seg
         o = self.distillation

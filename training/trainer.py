@@ -51,7 +51,6 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerDA5 import nnUNetTrainerDA5
 from nnunetv2.utilities.collate_outputs import collate_outputs
 from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
-from torch import autocast
 
 from pancreas import LABELS
 from pancreas.bundle import HeadConfig, NetworkConfig
@@ -76,6 +75,7 @@ from training.losses import (
     lesion_presence_weight,
 )
 from training.nnunet_env import current
+from training.precision import TRAINING_PRECISIONS, as_float, training_autocast
 from training.subtypes import SPLITS_FILE, read_quiz_splits, stratified_splits
 
 logger = logging.getLogger(__name__)
@@ -113,6 +113,9 @@ class TrainOptions:
     #: a quarter as often as each real case. Passed to nnU-Net's loader as ``sampling_probabilities``.
     source_weights: dict[str, float] | None = None
     da5: bool = False
+    #: CPU training arithmetic (:mod:`training.precision`): ``fp32``, or ``bf16`` autocast (faster on CPUs
+    #: with AVX512-BF16); CUDA always uses nnU-Net's fp16 autocast
+    precision: str = "fp32"
     #: nnU-Net's deep supervision (loss on every decoder resolution); False is nnU-Net's
     #: ``nnUNetTrainerNoDeepSupervision``: the loss on the full-resolution output only
     deep_supervision: bool = True
@@ -124,6 +127,8 @@ class TrainOptions:
     evaluate: bool = True
 
     def __post_init__(self) -> None:
+        if self.precision not in TRAINING_PRECISIONS:
+            raise DatasetError(f"precision {self.precision!r}: expected one of {list(TRAINING_PRECISIONS)}")
         unknown = sorted(set(self.cls_sources or ()) - set(SOURCES))
         if unknown or self.cls_sources == ():
             raise DatasetError(f"cls_sources {self.cls_sources!r}: each must be one of {list(SOURCES)} "
@@ -344,13 +349,18 @@ class MultiTaskTrainer(nnUNetTrainer):
         return data, target, labels, weight
 
     def _autocast(self) -> Any:
-        return autocast(self.device.type, enabled=True) if self.device.type == "cuda" else _null()
+        return training_autocast(self.device.type, self.options.precision)
+
+    def network_outputs(self, data: torch.Tensor) -> tuple[Any, torch.Tensor]:
+        """The network's (segmentation, classification) outputs; float32 after CPU bf16 autocast."""
+        seg, cls = self.network(data)
+        return as_float(seg, self.device.type), as_float(cls, self.device.type)
 
     # ---- hooks: steps --------------------------------------------------------------------------------
     def training_loss(self, data: torch.Tensor, target: Any, labels: torch.Tensor,
                       weight: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss of one training batch (hook: subclasses add terms, e.g. distillation)."""
-        seg, cls = self.network(data)
+        seg, cls = self.network_outputs(data)
         return self.loss(seg, target, cls, labels, weight)
 
     def train_step(self, batch: dict) -> dict:
@@ -379,7 +389,7 @@ class MultiTaskTrainer(nnUNetTrainer):
     def validation_step(self, batch: dict) -> dict:
         data, target, labels, weight = self._batch(batch)
         with self._autocast():
-            seg, cls = self.network(data)
+            seg, cls = self.network_outputs(data)
             loss, _ = self.loss(seg, target, cls, labels, weight)
         out = seg[0] if isinstance(seg, (list, tuple)) else seg
         tgt = target[0] if isinstance(target, list) else target
@@ -475,14 +485,6 @@ class MultiTaskTrainer(nnUNetTrainer):
 
 class MultiTaskTrainerDA5(MultiTaskTrainer, nnUNetTrainerDA5):
     """The multi-task trainer with nnU-Net's heavier DA5 augmentation (its transform hooks)."""
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 #: the names nnU-Net's ``-tr`` option can find (external trainer mechanism)
