@@ -31,14 +31,14 @@ PRECISIONS = ("fp32", "bf16")
 
 
 def epoch_seconds(dataset: str, *, workdir: Path, plans: str, fold: int, precision: str, epochs: int,
-                  threads: int, workers: int, tag: str) -> list[float]:
+                  iters: int, threads: int, workers: int, tag: str) -> list[float]:
     """Seconds of each epoch of one short training run (the shipped recipe's optimizer and data options)."""
     from training.nnunet_env import configure
     from training.runner import train_fold
     from training.trainer import TrainOptions
 
     configure(workdir)
-    options = TrainOptions(epochs=epochs, iters_per_epoch=25, val_iters=2, optimizer="adamw", initial_lr=3e-3,
+    options = TrainOptions(epochs=epochs, iters_per_epoch=iters, val_iters=2, optimizer="adamw", initial_lr=3e-3,
                            warmup_epochs=2, cls_sources=("phantom",), num_workers=workers, precision=precision,
                            evaluate=False, save_every=10_000)
     result = train_fold(dataset, configuration="3d_fullres", fold=fold, plans_identifier=plans, options=options,
@@ -52,7 +52,8 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     for k in range(args.rounds):
         for precision in PRECISIONS:
             times = epoch_seconds(args.dataset, workdir=args.workdir, plans=args.plans, fold=args.fold,
-                                  precision=precision, epochs=args.epochs, threads=args.threads,
+                                  precision=precision, epochs=args.epochs, iters=args.iters_per_epoch,
+                                  threads=args.threads,
                                   workers=args.workers, tag=f"TrainSpeed_{precision}_{k}")
             logger.info("%s round %d: %s s/epoch", precision, k + 1, [round(t, 2) for t in times])
             runs[precision].append(times)
@@ -60,7 +61,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     return {"command": command,
             "machine": machine_info(), "dataset": args.dataset, "plans": args.plans, "fold": args.fold,
             "threads": args.threads, "workers": args.workers, "epochs_per_run": args.epochs,
-            "iters_per_epoch": 25, "epoch_seconds": runs, "median_s_per_epoch": median,
+            "iters_per_epoch": args.iters_per_epoch, "epoch_seconds": runs, "median_s_per_epoch": median,
             "speedup_bf16": median["fp32"] / median["bf16"],
             "epochs_in_60_min": {p: int(3600 // median[p]) for p in PRECISIONS}}
 
@@ -72,7 +73,7 @@ def markdown(r: dict[str, Any], data_note: str) -> str:
         "# Training speed per precision (CPU)", "",
         (f"Machine: {machine_line(r['machine'])}. Data: {data_note} (dataset {r['dataset']}, plans {r['plans']}, "
         f"fold {r['fold']}). {r['threads']} torch thread(s), {r['workers']} augmentation worker(s), "
-        f"{r['iters_per_epoch']} iterations per epoch (the demo recipe's), {len(r['epoch_seconds']['fp32'])} runs of "
+        f"{r['iters_per_epoch']} iterations per epoch (the demo recipe's: 25), {len(r['epoch_seconds']['fp32'])} runs of "
         f"{r['epochs_per_run']} epochs per precision in alternating order; median over every epoch but each run's "
         "first."), "",
         f"Command: `{r['command']}`", "",
@@ -89,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plans", default="nnUNetPlansTiny")
     p.add_argument("--fold", type=int, default=0)
     p.add_argument("--epochs", type=int, default=6, help="epochs per run (default: %(default)s)")
+    p.add_argument("--iters-per-epoch", type=int, default=25, help="(default: %(default)s, the demo recipe's)")
     p.add_argument("--rounds", type=int, default=2, help="runs per precision (default: %(default)s)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--workers", type=int, default=0, help="augmentation processes (default: in-process)")

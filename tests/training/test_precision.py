@@ -86,7 +86,7 @@ def test_train_speed_benchmark_writes_its_page(tiny_run, tmp_path) -> None:
 
     out = tmp_path / "results"
     assert main(["--dataset", tiny_run.dataset, "--workdir", str(tiny_run.root / "work"), "--plans",
-                 tiny_run.plans_identifier, "--epochs", "2", "--rounds", "1", "--threads", "2",
+                 tiny_run.plans_identifier, "--epochs", "2", "--iters-per-epoch", "3", "--rounds", "1", "--threads", "2",
                  "--data-note", "CI phantoms", "--out", str(out), "--name", "speed"]) == 0
     result = json.loads((out / "speed.json").read_text())
     for precision in ("fp32", "bf16"):
