@@ -53,13 +53,11 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         for precision in PRECISIONS:
             times = epoch_seconds(args.dataset, workdir=args.workdir, plans=args.plans, fold=args.fold,
                                   precision=precision, epochs=args.epochs, iters=args.iters_per_epoch,
-                                  threads=args.threads,
-                                  workers=args.workers, tag=f"TrainSpeed_{precision}_{k}")
+                                  threads=args.threads, workers=args.workers, tag=f"TrainSpeed_{precision}_{k}")
             logger.info("%s round %d: %s s/epoch", precision, k + 1, [round(t, 2) for t in times])
             runs[precision].append(times)
     median = {p: statistics.median(t for r in runs[p] for t in r[1:]) for p in PRECISIONS}
-    return {"command": command,
-            "machine": machine_info(), "dataset": args.dataset, "plans": args.plans, "fold": args.fold,
+    return {"command": command, "machine": machine_info(), "dataset": args.dataset, "plans": args.plans, "fold": args.fold,
             "threads": args.threads, "workers": args.workers, "epochs_per_run": args.epochs,
             "iters_per_epoch": args.iters_per_epoch, "epoch_seconds": runs, "median_s_per_epoch": median,
             "speedup_bf16": median["fp32"] / median["bf16"],
