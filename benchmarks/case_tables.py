@@ -12,6 +12,9 @@ how many cases got better or worse::
     python -m benchmarks.case_tables compare --spec benchmarks/real_quiz_candidates.json \\
         --out benchmarks/results/real-quiz-candidates.md
 
+``merge`` joins one recipe's tables of different folds; ``recipe-cv`` turns a table into the ``recipe_cv_*`` metrics
+a bundle trained on every case records (``pancreas export-bundle --metrics``).
+
 The spec: ``{"title": ..., "data": ..., "pairs": [{"name": ..., "baseline": "x.json", "candidate": "y.json",
 "sources": ["real", "phantom"], "note": ...}], "footer": [...]}`` (table paths relative to ``--root``).
 """
@@ -22,6 +25,7 @@ import argparse
 import json
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,6 +91,34 @@ def keep(oof_json: str | Path, *, model: str, command: str, note: str = "") -> C
         raise ValueError(f"{oof_json} has no 'cases'; expected the oof.json of `pancreas oof`")
     cases = [{c: _clean(r.get(c)) for c in COLUMNS} for r in data["cases"]]
     return CaseTable(model, command, sorted(cases, key=lambda r: (r["source"], r["case_id"])), note)
+
+
+def merge(tables: Sequence[CaseTable], *, model: str, command: str, note: str = "") -> CaseTable:
+    """One recipe's tables of different folds (say folds 0-3 scored on one machine, fold 4 on another) as one.
+
+    Raises:
+        ValueError: a case scored in two of the tables (the tables overlap: not the same recipe's other folds).
+    """
+    seen: dict[str, str] = {}
+    for table in tables:
+        for row in table.cases:
+            if row["case_id"] in seen:
+                raise ValueError(f"case {row['case_id']!r} is in both {seen[row['case_id']]!r} and {table.model!r}: "
+                                 "merge the tables of different folds only")
+            seen[row["case_id"]] = table.model
+    cases = sorted((r for t in tables for r in t.cases), key=lambda r: (r["source"], r["case_id"]))
+    return CaseTable(model, command, cases, note, {"merged_from": [t.model for t in tables]})
+
+
+def recipe_cv_metrics(table: CaseTable, *, scored_sources: Sequence[str], scope: str) -> dict[str, Any]:
+    """The ``{source}_recipe_cv_*`` figures a bundle trained on every case records for its recipe (pass the file
+    to ``pancreas export-bundle --metrics``): means, sds and subtype block per source, and ``recipe_cv_scope``
+    saying what was held out. Subtypes count as scored only for ``scored_sources`` (those that trained the
+    classifier; the others' recall is flagged out-of-domain)."""
+    from training.oof import OOFReport
+
+    rows = [{**r, "subtype_scored": r["source"] in scored_sources} for r in table.cases]
+    return {**OOFReport.from_json_rows(rows, table.model).bundle_metrics(prefix="recipe_cv"), "recipe_cv_scope": scope}
 
 
 def paired(baseline: CaseTable, candidate: CaseTable, source: str = "real") -> dict[str, Any]:
@@ -188,6 +220,18 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("--model", required=True)
     k.add_argument("--command", required=True, help="the commands that made the fold models and the report")
     k.add_argument("--note", default="")
+    m = sub.add_parser("merge", help="one recipe's tables of different folds as one table")
+    m.add_argument("tables", type=Path, nargs="+")
+    m.add_argument("--out", type=Path, required=True)
+    m.add_argument("--model", required=True)
+    m.add_argument("--command", required=True)
+    m.add_argument("--note", default="")
+    r = sub.add_parser("recipe-cv", help="a table's per-source means as the recipe_cv_* metrics of a bundle "
+                                         "(for `pancreas export-bundle --metrics`)")
+    r.add_argument("table", type=Path)
+    r.add_argument("--out", type=Path, required=True)
+    r.add_argument("--scored-sources", default="phantom", help="sources that trained the classifier (%(default)s)")
+    r.add_argument("--scope", required=True, help="what the figures are: recipe, folds, what each fold held out")
     c = sub.add_parser("compare", help="render the paired comparisons a spec lists")
     c.add_argument("--spec", type=Path, required=True)
     c.add_argument("--out", type=Path, default=Path("benchmarks/results/real-quiz-candidates.md"))
@@ -196,6 +240,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.cmd == "keep":
         path = keep(args.oof, model=args.model, command=args.command, note=args.note).write(args.out)
+    elif args.cmd == "merge":
+        tables = [CaseTable.read(t) for t in args.tables]
+        path = merge(tables, model=args.model, command=args.command, note=args.note).write(args.out)
+    elif args.cmd == "recipe-cv":
+        metrics = recipe_cv_metrics(CaseTable.read(args.table), scope=args.scope,
+                                    scored_sources=[s for s in args.scored_sources.split(",") if s])
+        path = args.out
+        path.write_text(json.dumps(metrics, indent=1) + "\n")
     else:
         path = args.out
         compare_page(json.loads(args.spec.read_text()), args.root, path)

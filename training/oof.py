@@ -61,7 +61,12 @@ class OOFReport:
     def read(cls, path: str | Path) -> OOFReport:
         """A report from its ``oof.json`` (undefined metrics, written as null, are NaN again)."""
         data = json.loads(Path(path).read_text())
-        return cls([_restore_nan(r) for r in data["cases"]], data["bundle"])
+        return cls.from_json_rows(data["cases"], data["bundle"])
+
+    @classmethod
+    def from_json_rows(cls, rows: Sequence[Mapping[str, Any]], bundle: str) -> OOFReport:
+        """A report from rows read back from JSON (an ``oof.json``'s, or a kept per-case table's)."""
+        return cls([_restore_nan(dict(r)) for r in rows], bundle)
 
     def to_json(self) -> dict[str, Any]:
         return {"bundle": self.bundle, "summary": self.summary(), "cases": self.rows}
@@ -83,15 +88,17 @@ class OOFReport:
                          f"{r['gt_subtype']} | {r['pred_subtype']} | {r['pancreas_ml']:.1f} |")
         return "\n".join(lines)
 
-    def bundle_metrics(self) -> dict[str, Any]:
-        """Flat ``{source}_oof_*`` means (and sds) to record in the bundle's metadata, per source."""
+    def bundle_metrics(self, prefix: str = "oof") -> dict[str, Any]:
+        """Flat ``{source}_{prefix}_*`` means (and sds) to record in the bundle's metadata, per source:
+        ``oof`` for the bundle's own fold models, ``recipe_cv`` for the folds of the recipe a bundle trained on
+        every case with (it has no held-out case of its own)."""
         out: dict[str, Any] = {}
         for source, s in self.summary().items():
             for key in REPORT_KEYS:
-                out[f"{source}_oof_{key}"] = s[key]
-                out[f"{source}_oof_{key}_sd"] = s["std"][key]
-            out[f"{source}_oof_n_cases"] = s["n_cases"]
-            out[f"{source}_oof_subtype"] = s["subtype"]
+                out[f"{source}_{prefix}_{key}"] = s[key]
+                out[f"{source}_{prefix}_{key}_sd"] = s["std"][key]
+            out[f"{source}_{prefix}_n_cases"] = s["n_cases"]
+            out[f"{source}_{prefix}_subtype"] = s["subtype"]
         return jsonable(out)
 
     def write_rows(self, out: str | Path) -> Path:

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from benchmarks.case_tables import CaseTable, compare_page, keep, paired
+from benchmarks.case_tables import CaseTable, compare_page, keep, merge, paired, recipe_cv_metrics
 
 
 def oof_row(case: str, fold: str, whole: float, lesion: float | None, source: str = "real") -> dict:
@@ -97,3 +97,33 @@ def test_a_metric_no_case_has_on_both_sides_is_named_not_averaged(tmp_path) -> N
     text = compare_page(spec, tmp_path, tmp_path / "page.md")
     assert "| 0.7500 | 0.8500 | +0.1000 ± 0.0000 | 2 / 0 | - | - | no case with this figure in both tables | - |" in text
     assert (tmp_path / "page.png").stat().st_size > 1000
+
+
+def test_merge_joins_other_folds_and_refuses_an_overlap(tmp_path) -> None:
+    first = CaseTable("folds 0-1", "A", [oof_row("b", "1", 0.8, 0.5), oof_row("a", "0", 0.7, 0.4)])
+    last = CaseTable("fold 2", "B", [oof_row("c", "2", 0.6, 0.3), oof_row("p", "2", 0.9, 0.7, source="phantom")])
+    path = merge([first, last], model="recipe, 3 folds", command="A; B").write(tmp_path / "m.json")
+    back = CaseTable.read(path)
+    assert [(r["source"], r["case_id"]) for r in back.cases] == [("phantom", "p"), ("real", "a"), ("real", "b"),
+                                                                   ("real", "c")]
+    assert back.extra["merged_from"] == ["folds 0-1", "fold 2"]
+    with pytest.raises(ValueError, match="'a' is in both"):
+        merge([first, CaseTable("again", "C", [oof_row("a", "0", 0.1, 0.1)])], model="m", command="c")
+
+
+def test_recipe_cv_metrics_per_source_with_out_of_domain_subtypes() -> None:
+    rows = [oof_row("a", "0", 0.6, 0.2), oof_row("b", "1", 0.8, None),
+            {**oof_row("p", "0", 0.9, 0.7, source="phantom"), "gt_subtype": 0, "pred_subtype": 0},
+            {**oof_row("q", "1", 0.7, 0.5, source="phantom"), "gt_subtype": 1, "pred_subtype": 2},
+            {**oof_row("r", "1", 0.8, 0.6, source="phantom"), "gt_subtype": 2, "pred_subtype": 2}]
+    metrics = recipe_cv_metrics(CaseTable("m", "c", rows), scored_sources=["phantom"], scope="2 folds")
+    assert metrics["real_recipe_cv_whole_dsc"] == pytest.approx(0.7) and metrics["real_recipe_cv_n_cases"] == 2
+    assert metrics["real_recipe_cv_lesion_dsc"] == pytest.approx(0.2)  # an undefined lesion DSC is not a zero
+    assert metrics["real_recipe_cv_whole_dsc_sd"] == pytest.approx(0.1)
+    assert metrics["phantom_recipe_cv_lesion_dsc"] == pytest.approx(0.6)
+    assert metrics["real_recipe_cv_subtype"]["classifier_trained"] is False
+    assert metrics["real_recipe_cv_subtype"]["macro_f1"] is None  # one subtype present: recall only
+    phantom = metrics["phantom_recipe_cv_subtype"]
+    assert phantom["classifier_trained"] is True and phantom["recall"] == {"0": 1.0, "1": 0.0, "2": 1.0}
+    assert metrics["recipe_cv_scope"] == "2 folds" and not any("_oof_" in k for k in metrics)
+    json.dumps(metrics, allow_nan=False)  # recordable in metadata.json as it is
