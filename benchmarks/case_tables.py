@@ -28,9 +28,12 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from training.oof import OOFReport
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +82,14 @@ class CaseTable:
     def by_case(self, source: str) -> dict[str, dict[str, Any]]:
         return {r["case_id"]: r for r in self.cases if r["source"] == source}
 
+    def report(self, scored_sources: Sequence[str]) -> OOFReport:
+        """The table as a ``pancreas oof`` report (summaries per source, its markdown); subtypes count as
+        scored only for ``scored_sources``, those that trained the classifier."""
+        from training.oof import OOFReport  # torch behind it: kept out of the CLI's --help
+
+        rows = [{**r, "subtype_scored": r["source"] in scored_sources} for r in self.cases]
+        return OOFReport.from_json_rows(rows, self.model)
+
 
 def _clean(value: Any) -> Any:
     return None if isinstance(value, float) and not math.isfinite(value) else value
@@ -115,10 +126,7 @@ def recipe_cv_metrics(table: CaseTable, *, scored_sources: Sequence[str], scope:
     to ``pancreas export-bundle --metrics``): means, sds and subtype block per source, and ``recipe_cv_scope``
     saying what was held out. Subtypes count as scored only for ``scored_sources`` (those that trained the
     classifier; the others' recall is flagged out-of-domain)."""
-    from training.oof import OOFReport
-
-    rows = [{**r, "subtype_scored": r["source"] in scored_sources} for r in table.cases]
-    return {**OOFReport.from_json_rows(rows, table.model).bundle_metrics(prefix="recipe_cv"), "recipe_cv_scope": scope}
+    return {**table.report(scored_sources).bundle_metrics(prefix="recipe_cv"), "recipe_cv_scope": scope}
 
 
 def paired(baseline: CaseTable, candidate: CaseTable, source: str = "real") -> dict[str, Any]:
@@ -246,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "recipe-cv":
         metrics = recipe_cv_metrics(CaseTable.read(args.table), scope=args.scope,
                                     scored_sources=[s for s in args.scored_sources.split(",") if s])
+        metrics["recipe_cv_table"] = args.table.as_posix()  # where the per-case figures are kept
         path = args.out
         path.write_text(json.dumps(metrics, indent=1) + "\n")
     else:

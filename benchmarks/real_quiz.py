@@ -4,7 +4,7 @@
 
 The spec (JSON) names the data and every row::
 
-    {"title": "...", "data": "...", "oof": "runs/oof/oof.json", "oof_command": "...",
+    {"title": "...", "data": "...", "oof": "runs/oof/oof.json", "oof_command": "...", "scored_sources": ["phantom"],
      "rows": [{"row": "real only", "change": "...", "command": "...",
                "fold_metrics": "runs/.../fold_0/validation_metrics.json", "source": "real"},
               {"row": "phantom only", ..., "evaluation": "runs/eval/report.json"}]}
@@ -43,7 +43,12 @@ import argparse
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from benchmarks.case_tables import CaseTable
+
+if TYPE_CHECKING:
+    from training.oof import OOFReport
 
 logger = logging.getLogger(__name__)
 
@@ -107,9 +112,12 @@ def inference_table(rows: list[dict[str, Any]], root: Path) -> str:
 
 
 def real_summary(path: Path) -> dict[str, Any] | None:
-    """The summary of a ``pancreas evaluate`` report, or the real-data block of a ``pancreas oof`` report
-    (``None`` when it scored no real case)."""
-    summary = json.loads(path.read_text())["summary"]
+    """The summary of a ``pancreas evaluate`` report, or the real-data block of a ``pancreas oof`` report or of a
+    kept per-case table (``None`` when it scored no real case)."""
+    data = json.loads(path.read_text())
+    if "model" in data:  # a per-case table kept in git
+        return oof_report(path, []).summary().get("real")
+    summary = data["summary"]
     return summary if "whole_dsc" in summary else summary.get("real")
 
 
@@ -190,13 +198,20 @@ def configurations_table(block: dict[str, Any], root: Path) -> str:
     return "\n".join([*lines, "", "Training commands (each row's members):", "", *rows])
 
 
-def build(spec: dict[str, Any], root: Path, out: Path) -> str:
-    from training.oof import OOFReport
+def oof_report(path: Path, scored_sources: list[str]) -> OOFReport:
+    """A ``pancreas oof`` report, from its ``oof.json`` or from a per-case table kept in git (``case_tables``)."""
+    from training.oof import OOFReport  # torch behind it: kept out of the CLI's --help
 
+    if "model" in json.loads(path.read_text()):
+        return CaseTable.read(path).report(scored_sources)
+    return OOFReport.read(path)
+
+
+def build(spec: dict[str, Any], root: Path, out: Path) -> str:
     out.parent.mkdir(parents=True, exist_ok=True)
     parts = [f"# {spec['title']}", "", spec["data"], ""]
     if spec.get("oof") and (root / spec["oof"]).is_file():
-        report = OOFReport.read(root / spec["oof"])
+        report = oof_report(root / spec["oof"], spec.get("scored_sources", ["phantom"]))
         title = spec.get("oof_title", "Out-of-fold validation of the shipped bundle")
         parts += [f"## {title} (original grid, through the inference engine)", "",
                   f"Command: `{spec['oof_command']}`", "", spec.get("oof_note", ""), "", report.markdown(), ""]

@@ -59,3 +59,25 @@ def test_page_rows_and_oof(tmp_path) -> None:
     assert "| 5-fold | real | 12 | 0.8030 / 0.4200 | not measured here | - |" in text
     assert "| lost |" not in text and "| phantom oof |" not in text  # no file / no real block: no row
     assert (tmp_path / "out" / "real-quiz.png").stat().st_size > 1000
+
+
+def test_top_table_from_a_per_case_table_kept_in_git(tmp_path) -> None:
+    """The estimate's section renders from a kept table as from an oof.json; subtypes of sources that did not
+    train the classifier are flagged out-of-domain."""
+    from benchmarks.case_tables import COLUMNS, CaseTable
+
+    def case(cid: str, source: str, whole: float, subtype: int) -> dict:
+        return {**dict.fromkeys(COLUMNS), "case_id": cid, "source": source, "fold": "1", "whole_dsc": whole,
+                "lesion_dsc": 0.5, "gt_subtype": subtype, "pred_subtype": 2, "pancreas_ml": 60.0}
+
+    CaseTable("recipe", "pancreas train", [case("quiz_2_001", "real", 0.8, 2), case("quiz_2_002", "real", 0.6, 2),
+                                           case("phantom_quiz_0_001", "phantom", 0.9, 0)]).write(tmp_path / "t.json")
+    spec = {"title": "T", "data": "real quiz CT", "oof": "t.json", "oof_command": "pancreas oof b",
+            "calibration": {"rows": [{"model": "recipe", "trained_on": "real", "estimate": "t.json", "command": "-",
+                                      "hidden": {"whole": 0.75, "lesion": 0.6, "stated": "issue"}}]}}
+    text = build(spec, tmp_path, tmp_path / "page.md")
+    assert "| recipe | real | 2 | 0.7000 / 0.5000 | 0.75 / 0.60 (issue) | +0.050 / +0.100 | `-` |" in text
+    assert "| real | 2 | 0.7000 ± 0.1000 | 0.5000 ± 0.0000 | n/a ± n/a |" in text
+    assert "subtype 2: recall 1.000 (n=2) (the classifier was not trained on this source" in text
+    assert "phantom: no macro-F1" in text and "subtype 0: recall 0.000 (n=1)" in text
+    assert "| quiz_2_002 | real | 1 | 0.6000 | 0.5000 |" in text

@@ -8,6 +8,7 @@ import pytest
 
 from pancreas.bundle import Bundle, default_bundle_path
 from pancreas.quiz import QUIZ_MASK
+from pancreas.testing import REPO_ROOT
 
 RECORDED = ("phantom_whole_dsc", "phantom_lesion_dsc", "phantom_macro_f1")
 
@@ -31,6 +32,23 @@ def test_demo_bundle_loads_and_records_phantom_metrics() -> None:
     assert metrics["folds"]["all"]["held_out"] is False  # its own training-case scores are marked as such
     assert bundle.metadata.inference["tta"] is True and bundle.metadata.inference["class_weights"] == [1.0, 1.0, 4.0]
     assert "phantom" in bundle.metadata.description.lower() and "real" in bundle.metadata.description.lower()
+
+
+def test_recorded_real_estimate_is_its_kept_per_case_table() -> None:
+    """The recipe's out-of-fold figures the bundle records (real_recipe_cv_*, phantom_recipe_cv_*) are the
+    means of the per-case table kept in git that it names, every real case held out once."""
+    from benchmarks.case_tables import CaseTable, recipe_cv_metrics
+
+    metrics = Bundle.load(default_bundle_path()).metadata.metrics
+    table = CaseTable.read(REPO_ROOT / metrics["recipe_cv_table"])
+    real = [r["case_id"] for r in table.cases if r["source"] == "real"]
+    assert len(real) == len(set(real)) == 60 and {str(r["fold"]) for r in table.cases} == {"0", "1", "2", "3", "4"}
+    again = recipe_cv_metrics(table, scored_sources=["phantom"], scope=metrics["recipe_cv_scope"])
+    numbers = {k: v for k, v in again.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    assert len(numbers) >= 20
+    for key, value in numbers.items():
+        assert metrics[key] == pytest.approx(value, abs=1e-6), key
+    assert metrics["real_recipe_cv_subtype"] == again["real_recipe_cv_subtype"]
 
 
 def test_recorded_per_case_table_gives_the_recorded_metrics() -> None:
