@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from pancreas.backends import cpu_has_native_bf16
 from pancreas.bundle import Bundle
 from pancreas.errors import PancreasError
 
@@ -25,8 +26,9 @@ logger = logging.getLogger(__name__)
 BASELINE = "nnunet-default"
 #: the second reference row: nnU-Net's predictor without mirroring TTA
 NO_TTA = "nnunet-no-tta"
-#: recipes that run on CPU only when --candidates names them (torch.compile takes minutes on a small CPU)
-CPU_OPT_IN = frozenset({"torch-compiled-fp32-c2f"})
+#: recipes that run on CPU only when --candidates names them, and why
+CPU_OPT_IN: dict[str, str] = {"torch-compiled-fp32-c2f": "torch.compile takes minutes on a small CPU",
+                              "torch-fp32-tta": "8 mirrored passes; ort-fp32-tta is the default mirrored row"}
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,8 @@ class Environment:
     cuda: bool
     tensorrt: bool
     ort_cuda: bool
+    #: the CPU computes bfloat16 natively (AVX512-BF16 / AMX): bf16 autocast rows run on CPU too
+    cpu_bf16: bool = False
 
     @classmethod
     def detect(cls) -> Environment:
@@ -59,7 +63,7 @@ class Environment:
 
         cuda = torch.cuda.is_available()
         return cls(cuda=cuda, tensorrt=importlib.util.find_spec("tensorrt") is not None,
-                   ort_cuda=cuda and ort_cuda_runs())
+                   ort_cuda=cuda and ort_cuda_runs(), cpu_bf16=cpu_has_native_bf16())
 
     @property
     def device(self) -> str:
@@ -112,6 +116,8 @@ def _engine(name: str, backend: str, precision: str, artifact: str, *, compile: 
     def recipe(bundle: Bundle, env: Environment) -> tuple[str, str, dict[str, Any]] | str:
         if needs == "cuda" and not env.cuda:
             return "needs a CUDA GPU"
+        if needs == "bf16" and not (env.cuda or env.cpu_bf16):
+            return "needs a GPU or a CPU with native bf16 (AVX512-BF16 / AMX)"
         if needs == "tensorrt" and not (env.cuda and env.tensorrt):
             return "needs a CUDA GPU and the tensorrt package"
         if backend == "onnxruntime" and env.cuda and not env.ort_cuda:
@@ -142,6 +148,11 @@ RECIPES: tuple[tuple[str, Recipe], ...] = (
     ("ort-fp32-c2f", _engine("ort-fp32-c2f", "onnxruntime", "fp32", "onnx")),
     # with mirroring TTA, as nnunet-default mirrors (and as a bundle recording inference.tta runs by default)
     ("ort-fp32-tta", _engine("ort-fp32-tta", "onnxruntime", "fp32", "onnx", coarse_to_fine=False, tta=True)),
+    ("torch-fp32-tta", _engine("torch-fp32-tta", "torch", "fp32", "torch", coarse_to_fine=False, tta=True)),
+    # bf16 autocast (a bundle's `pancreas optimize --recipe bf16`): GPUs and CPUs with native bf16 only
+    ("torch-bf16", _engine("torch-bf16", "torch", "bf16", "torch", coarse_to_fine=False, needs="bf16")),
+    ("torch-bf16-tta", _engine("torch-bf16-tta", "torch", "bf16", "torch", coarse_to_fine=False, tta=True,
+                               needs="bf16")),
     ("ort-int8-c2f", _engine("ort-int8-c2f", "onnxruntime", "int8", "onnx")),
     ("ort-fp16-c2f", _engine("ort-fp16-c2f", "onnxruntime", "fp16", "onnx", needs="cuda")),
     ("tensorrt-fp16-c2f", _engine("tensorrt-fp16-c2f", "tensorrt", "fp16", "tensorrt", needs="tensorrt")),
@@ -173,7 +184,7 @@ def discover(bundles: list[Path], *, patterns: list[str] | None = None, env: Env
             if i > 0 and (runner == "nnunet" or (options.get("backend") == "torch" and same_torch)):
                 continue  # nnU-Net runs the first bundle only; identical torch weights run once
             if name in CPU_OPT_IN and not env.cuda and not any(fnmatch.fnmatch(name, p) for p in patterns or []):
-                logger.info("%s: skipped on CPU unless --candidates names it (slow to compile)", name)
+                logger.info("%s: skipped on CPU unless --candidates names it (%s)", name, CPU_OPT_IN[name])
                 continue
             if i > 0:
                 name = f"{name}@{path.name}"

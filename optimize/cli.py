@@ -34,7 +34,8 @@ def _default(config: type, name: str) -> Any:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     opt, kd, nnu = OptimizeOptions, DistillConfig, NnUNetFinetune
     parser.add_argument("bundle", type=Path, help="model bundle folder to optimize")
-    parser.add_argument("--recipe", required=True, help="comma-separated recipes, e.g. onnx,int8 or prune:0.3,onnx")
+    parser.add_argument("--recipe", required=True, help="comma-separated recipes (onnx, fp16, bf16, int8, prune:R, distill:..., tensorrt, compile), e.g. "
+                        "onnx,int8, prune:0.3,onnx or onnx,bf16 (torch bf16 autocast, served where it measured faster)")
     parser.add_argument("--out", type=Path, required=True, help="output bundle folder (must be new or empty)")
     parser.add_argument("--data", type=Path, default=_default(opt, "data"),
                         help="quiz-layout phantom folder (train/, validation/)")

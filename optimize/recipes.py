@@ -55,7 +55,7 @@ def parse_recipes(spec: str | list[str]) -> list[Recipe]:
 
 
 #: recipe name -> stage function ``fn(state, recipe)`` (see :mod:`optimize.stages`)
-RECIPES: dict[str, RecipeFn] = {"onnx": stages.onnx, "fp16": stages.fp16, "int8": stages.int8,
+RECIPES: dict[str, RecipeFn] = {"onnx": stages.onnx, "fp16": stages.fp16, "bf16": stages.bf16, "int8": stages.int8,
                                 "prune": stages.prune, "distill": stages.distill, "tensorrt": stages.tensorrt,
                                 "compile": stages.compile_}
 
@@ -91,7 +91,7 @@ def optimize_bundle(bundle: Bundle | str | Path, recipes: str | list[str], out: 
         for recipe in plan:
             logger.info("recipe %s", recipe)
             RECIPES[recipe.name](state, recipe)
-        rel = f"models/fold_{state.source.fold if state.source.fold is not None else 0}.pt"
+        rel = state.torch_weights
         torch.save(state.net.state_dict(), out / rel)
         state.artifacts.insert(0, Artifact(kind="torch", path=rel, precision="fp32", fold=state.source.fold,
                                            patch_size=state.patch))
@@ -165,13 +165,31 @@ def _recommended(artifacts: list[Artifact], records: list[dict[str, Any]] | None
     """The backend/precision to serve by default (TensorRT on a GPU, else INT8/fp32 onnxruntime, else torch).
 
     INT8 onnxruntime is skipped when its own stage measured it slower than the fp32 model it came from
-    (narrow networks on CPU: the Q/DQ overhead outweighs the int8 convolutions).
+    (narrow networks on CPU: the Q/DQ overhead outweighs the int8 convolutions). Torch under bf16 autocast
+    (the ``bf16`` stage) is served instead of onnxruntime or torch fp32 when it measured faster per patch than
+    they did in this run; at run time a CPU without native bf16 falls back to fp32
+    (:func:`pancreas.backends.resolve`).
     """
+    records = records or []
     built = {(a.kind, a.precision) for a in artifacts}
-    int8 = next((r for r in records or [] if r.get("recipe", "").split(":")[0] == "int8"), None)
+    int8 = _record(records, "int8")
     if int8 is not None and (int8["latency_ms_per_patch"].get("speedup") or 0) < 1.0:
         built.discard(("onnx", "int8"))
-    for (kind, precision), backend in _PREFERENCE:
-        if (kind, precision) in built:
-            return {"backend": backend, "precision": precision}
-    return {"backend": "torch", "precision": "fp32"}
+    choice = next(({"backend": backend, "precision": precision} for (kind, precision), backend in _PREFERENCE
+                   if (kind, precision) in built), {"backend": "torch", "precision": "fp32"})
+    bf16 = _record(records, "bf16")
+    if bf16 is None or choice["backend"] == "tensorrt" or not bf16["parity"]["passed"]:
+        return choice
+    if choice["backend"] == "torch":
+        rival = bf16["latency_ms_per_patch"]["before"]  # torch fp32, measured by the bf16 stage itself
+    else:
+        stage = _record(records, "int8" if choice["precision"] == "int8" else "onnx")
+        rival = stage["latency_ms_per_patch"]["after"] if stage is not None else None
+    if rival is not None and bf16["latency_ms_per_patch"]["after"] < rival:
+        return {"backend": "torch", "precision": "bf16"}
+    return choice
+
+
+def _record(records: list[dict[str, Any]], recipe: str) -> dict[str, Any] | None:
+    """The last record of ``recipe`` (its name without the argument)."""
+    return next((r for r in reversed(records) if r.get("recipe", "").split(":")[0] == recipe), None)

@@ -70,6 +70,20 @@ def fp16(state: State, recipe: Recipe) -> None:
                note="fp16 is a GPU recipe: onnxruntime on CPU runs fp16 convolutions slower than fp32")
 
 
+def bf16(state: State, recipe: Recipe) -> None:
+    """The torch weights under bf16 autocast (no new artifact: the torch backend casts at run time), gated
+    against torch fp32 at the bf16 tolerance. Faster than fp32 only where bf16 is native (CPUs with AVX512-BF16
+    or AMX, GPUs); :func:`optimize.recipes._recommended` serves it only when it measured faster here."""
+    t0 = time.perf_counter()
+    weights = state.torch_weights
+    reference, candidate = torch_runner(state.net), torch_runner(state.net, "bf16")
+    report = parity_gate(reference, candidate, state.patches("val").images[:state.options.parity_patches],
+                         what=f"{weights} under bf16 autocast", tolerance=TOLERANCES["bf16"])
+    state.record(recipe, "bf16", weights, reference=reference, candidate=candidate, reference_name="torch fp32",
+                 seconds=time.perf_counter() - t0, parity=report,
+                 note="runtime autocast of the fp32 weights; native bf16 CPUs and GPUs only")
+
+
 def int8(state: State, recipe: Recipe, *, target: str = "onnxruntime") -> None:
     """Static QDQ per-channel INT8 calibrated on real phantom patches; gated at the int8 tolerance.
 

@@ -74,6 +74,11 @@ class State:
                                                          splits=("train", "validation"), seed=self.options.seed))
         return Path(self._tmp.name)
 
+    @property
+    def torch_weights(self) -> str:
+        """Where the optimized bundle keeps the current torch weights (``models/fold_<k>.pt``)."""
+        return f"models/fold_{self.source.fold if self.source.fold is not None else 0}.pt"
+
     def patches(self, purpose: str) -> PatchSet:
         """``calib`` / ``train`` (training split) or ``val`` (validation split) patches, cached."""
         o = self.options

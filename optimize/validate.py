@@ -44,6 +44,8 @@ class ParityTolerance:
 TOLERANCES: dict[str, ParityTolerance] = {
     "fp32": ParityTolerance(min_agreement=0.999, cls_atol=1e-3),
     "fp16": ParityTolerance(min_agreement=0.995, cls_atol=5e-2, cls_argmax=False),
+    # bfloat16 keeps 8 mantissa bits against float16's 11: looser than fp16, far tighter than int8
+    "bf16": ParityTolerance(min_agreement=0.98, cls_atol=1e-1, cls_argmax=False),
     "int8": ParityTolerance(min_agreement=0.95, cls_atol=1.0, cls_argmax=False),
 }
 

@@ -24,6 +24,7 @@ import importlib
 import importlib.util
 import logging
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -79,6 +80,20 @@ def register_backend(name: str, target: str, *, artifact_kind: str | None = None
     ARTIFACT_KINDS[name] = artifact_kind or name
     if runtime_cast:
         RUNTIME_CAST.add(name)
+
+
+#: CPU flags (Linux ``/proc/cpuinfo``) of native bfloat16 arithmetic; without them oneDNN emulates bf16
+BF16_CPU_FLAGS: tuple[str, ...] = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), where bf16 autocast beats fp32;
+    ``False`` when the flags cannot be read."""
+    try:
+        flags = set(Path(cpuinfo).read_text().split())
+    except OSError:
+        return False
+    return any(flag in flags for flag in BF16_CPU_FLAGS)
 
 
 def resolve_device(device: str) -> str:
@@ -182,17 +197,30 @@ def resolve(bundle: Bundle, config: EngineConfig) -> tuple[str, str]:
     if config.backend != "auto":
         if config.backend not in BACKENDS:
             raise PancreasError(f"backend {config.backend!r} is unknown; choose auto or one of {sorted(BACKENDS)}")
-        return config.backend, resolve_precision(bundle, config.backend, config.precision)
+        precision = resolve_precision(bundle, config.backend, config.precision)
+        return config.backend, _native(precision, config.precision, config.device)
     device = resolve_device(config.device)
     candidates = list(AUTO_BACKENDS["cuda" if device.startswith("cuda") else "cpu"])
     rec_backend, _ = recommended(bundle)
     if rec_backend in candidates:
         candidates.insert(0, candidates.pop(candidates.index(rec_backend)))
     for name in candidates:
-        precision = resolve_precision(bundle, name, config.precision)
+        precision = _native(resolve_precision(bundle, name, config.precision), config.precision, device)
         if _runnable(bundle, name, precision):
             return name, precision
-    return "torch", resolve_precision(bundle, "torch", config.precision)
+    return "torch", _native(resolve_precision(bundle, "torch", config.precision), config.precision, device)
+
+
+def _native(precision: str, asked: str, device: str) -> str:
+    """A bf16 recommendation taken by ``precision="auto"`` on a CPU that would only emulate bf16 (slower than
+    fp32 there) runs fp32 instead; an explicit ``bf16`` is kept."""
+    if precision != "bf16" or asked != "auto" or resolve_device(device) != "cpu":
+        return precision
+    if not cpu_has_native_bf16():
+        logger.info("bundle recommends bf16, but this CPU has no native bf16 (%s): running fp32",
+                    "/".join(BF16_CPU_FLAGS))
+        return "fp32"
+    return precision
 
 
 def resolve_backend(bundle: Bundle, config: EngineConfig) -> str:

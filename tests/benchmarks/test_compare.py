@@ -172,6 +172,22 @@ def test_run_all_reports_what_finished_when_interrupted(monkeypatch, tmp_path: P
     assert len(progress.runs) == 2 and "_interrupted" in progress.setup
 
 
+def test_bf16_rows_where_bf16_is_native_and_mirrored_torch_on_request(bundle) -> None:
+    """torch bf16 autocast rows (the demo bundle's default on such CPUs) run on a CPU with native bf16 or a GPU;
+    the mirrored torch fp32 row only when --candidates names it."""
+    plain = Environment(cuda=False, tensorrt=False, ort_cuda=False)
+    native = Environment(cuda=False, tensorrt=False, ort_cuda=False, cpu_bf16=True)
+    assert not [c for c in discover([bundle.root], env=plain) if "bf16" in c.name]
+    rows = {c.name: c.options for c in discover([bundle.root], env=native) if "bf16" in c.name}
+    assert set(rows) == {"torch-bf16", "torch-bf16-tta"}
+    assert all(o["precision"] == "bf16" and o["device"] == "cpu" for o in rows.values())
+    assert rows["torch-bf16-tta"]["tta"] and not rows["torch-bf16"]["tta"]
+    gpu = Environment(cuda=True, tensorrt=False, ort_cuda=False)
+    assert {"torch-bf16", "torch-bf16-tta", "torch-fp32-tta"} <= {c.name for c in discover([bundle.root], env=gpu)}
+    asked = discover([bundle.root], env=plain, patterns=["torch-fp32-tta"])
+    assert [c.name for c in asked] == ["nnunet-default", "torch-fp32-tta"] and asked[1].options["tta"]
+
+
 def test_ort_rows_only_where_cuda_provider_runs() -> None:
     demo = REPO_ROOT / "pancreas" / "demo_bundle"
     no_ort = Environment(cuda=True, tensorrt=False, ort_cuda=False)

@@ -134,6 +134,46 @@ def test_recommendation_skips_int8_that_measured_slower():
     assert _recommended(arts[:1]) == {"backend": "torch", "precision": "fp32"}
 
 
+def test_recommendation_takes_bf16_only_where_it_measured_faster():
+    """The bf16 stage's torch-under-autocast latency is set against what would be served otherwise (the ONNX
+    stage's, or torch fp32's); a failed parity gate or a TensorRT engine keeps the other choice."""
+    from optimize.recipes import _recommended
+    from pancreas.bundle import Artifact
+
+    arts = [Artifact(kind="torch", path="models/fold_all.pt"), Artifact(kind="onnx", path="models/model.onnx")]
+    onnx = {"recipe": "onnx", "latency_ms_per_patch": {"before": 82.0, "after": 105.0, "speedup": 0.78}}
+
+    def bf16(after: float, passed: bool = True) -> dict:
+        return {"recipe": "bf16", "parity": {"passed": passed},
+                "latency_ms_per_patch": {"before": 82.0, "after": after, "speedup": 82.0 / after}}
+
+    assert _recommended(arts, [onnx, bf16(40.0)]) == {"backend": "torch", "precision": "bf16"}
+    assert _recommended(arts, [onnx, bf16(120.0)]) == {"backend": "onnxruntime", "precision": "fp32"}
+    assert _recommended(arts, [onnx, bf16(40.0, passed=False)]) == {"backend": "onnxruntime", "precision": "fp32"}
+    assert _recommended(arts[:1], [bf16(40.0)]) == {"backend": "torch", "precision": "bf16"}
+    assert _recommended(arts[:1], [bf16(90.0)]) == {"backend": "torch", "precision": "fp32"}
+    engine = Artifact(kind="tensorrt", path="models/model_fp16.plan", precision="fp16")
+    assert _recommended([*arts, engine], [onnx, bf16(40.0)]) == {"backend": "tensorrt", "precision": "fp16"}
+
+
+def test_bf16_stage_gates_and_records_the_torch_weights_under_autocast(bundle, phantoms, tmp_path):
+    """A real bf16 stage on CPU: parity against torch fp32 at the bf16 tolerance, a record naming the torch
+    weights it casts (no new artifact), and a bundle the engine serves at the precision it recommends."""
+    from pancreas.bundle import Bundle
+    from pancreas.engine import Engine, EngineConfig
+
+    out = optimize_bundle(bundle, "bf16", tmp_path / "bf16", options=_options(phantoms))
+    record = out.metadata.optimization[-1]
+    assert RECORD_KEYS <= set(record) and record["recipe"] == "bf16" and record["precision"] == "bf16"
+    assert record["parity"]["passed"] and record["parity"]["tolerance"]["min_agreement"] == 0.98
+    assert record["artifact"] == out.artifacts("torch")[0].path and not out.artifacts("torch", "bf16")
+    rec = out.metadata.inference["recommended"]
+    faster = record["latency_ms_per_patch"]["after"] < record["latency_ms_per_patch"]["before"]
+    assert rec == ({"backend": "torch", "precision": "bf16"} if faster else {"backend": "torch", "precision": "fp32"})
+    engine = Engine.from_bundle(Bundle.load(out.root), EngineConfig(device="cpu"))
+    assert engine.backend.name == "torch"
+
+
 @pytest.mark.slow
 def test_every_fold_is_optimized_and_served_as_an_onnx_ensemble(phantoms, tmp_path):
     """--fold all: one parity-gated ONNX model per fold; onnxruntime serves all folds and matches torch."""

@@ -169,6 +169,30 @@ def test_auto_honours_the_recommended_backend_and_precision(onnx_bundle, tmp_pat
     assert backends.resolve(trt, EngineConfig()) == ("torch", "fp32")
 
 
+def test_a_bf16_recommendation_runs_fp32_on_a_cpu_without_native_bf16(onnx_bundle, tmp_path, monkeypatch) -> None:
+    """``precision="auto"`` takes a recommended bf16 only where the CPU computes bf16 natively (emulated bf16
+    is slower than fp32); an explicit bf16 and a GPU keep it."""
+    b = _with_recommendation(onnx_bundle, tmp_path / "bf16", {"backend": "torch", "precision": "bf16"})
+    monkeypatch.setattr(backends, "resolve_device", lambda device: "cpu")
+    monkeypatch.setattr(backends, "cpu_has_native_bf16", lambda: True)
+    assert backends.resolve(b, EngineConfig()) == ("torch", "bf16")
+    monkeypatch.setattr(backends, "cpu_has_native_bf16", lambda: False)
+    assert backends.resolve(b, EngineConfig()) == ("torch", "fp32")
+    assert backends.resolve(b, EngineConfig(backend="torch")) == ("torch", "fp32")
+    assert backends.resolve(b, EngineConfig(precision="bf16")) == ("torch", "bf16")
+    monkeypatch.setattr(backends, "resolve_device", lambda device: "cuda")
+    assert backends.resolve(b, EngineConfig()) == ("torch", "bf16")
+
+
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text("flags\t\t: fpu sse avx512f avx512_vnni\n")
+    assert not backends.cpu_has_native_bf16(info)
+    info.write_text("flags\t\t: fpu sse avx512f avx512_bf16 amx_tile\n")
+    assert backends.cpu_has_native_bf16(info)
+    assert not backends.cpu_has_native_bf16(tmp_path / "missing")
+
+
 def test_artifacts_written_for_another_runtime_come_last(onnx_bundle, tmp_path) -> None:
     trt_qdq = Artifact(kind="onnx", path="models/model_int8_trt.onnx", precision="int8", info={"target": "tensorrt"})
     ort_qdq = Artifact(kind="onnx", path="models/model_int8.onnx", precision="int8")
