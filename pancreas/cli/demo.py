@@ -4,7 +4,8 @@ Without ``--image``: writes the phantom, its ground-truth mask and the predicted
 (default ``./demo_output``) and prints the subtype, the probabilities, the volumes, the per-stage timings,
 any warnings and the Dice against the phantom's ground truth. With ``--image CT.nii.gz``: predicts that CT
 and writes ``<case>_pred.nii.gz`` on exactly its grid; ``--mask`` (labels 1 pancreas, 2 lesion, on the
-image's grid) adds the Dice scores. The demo model was trained on phantoms only.
+image's grid) adds the Dice scores. The demo model's segmentation was trained on real pancreas CT crops plus
+phantoms, its subtype classifier on phantoms only (its ``training_data``, printed with the result).
 """
 
 from __future__ import annotations
@@ -52,7 +53,10 @@ def run(args: argparse.Namespace) -> int:
     out: Path = args.out
     inputs = _user_inputs(args.image, args.mask) if args.image is not None else _phantom_inputs(args, out)
     engine = Engine.from_bundle(args.model or default_bundle_path(), EngineConfig(backend=args.backend))
-    result = {"model": engine.info, **inputs.extra, **_predict(engine, inputs, out)}
+    data = engine.bundle.metadata.training_data
+    trained_on = {task: spec.get("trained_on") for task, spec in data.get("tasks", {}).items()}
+    result = {"model": engine.info, "trained_on": {**trained_on, "cases": data.get("sources", {})},
+              **inputs.extra, **_predict(engine, inputs, out)}
     out.mkdir(parents=True, exist_ok=True)
     (out / "demo_result.json").write_text(json.dumps(result, indent=2, default=str))
     print(json.dumps(result, indent=2, default=str))

@@ -24,6 +24,9 @@ def test_demo_command_segments_a_fresh_phantom(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads((tmp_path / "demo_result.json").read_text())
     assert result["model"]["name"] == bundle.metadata.name
+    # what it was trained on, per task: segmentation on real crops + phantoms, the subtype on phantoms only
+    assert result["trained_on"] == {"segmentation": ["phantom", "real"], "classification": ["phantom"],
+                                    "cases": bundle.metadata.training_data["sources"]}
     assert result["predicted_subtype"] in (0, 1, 2)
     assert abs(sum(result["probabilities"]) - 1.0) < 1e-3
     assert isinstance(result["warnings"], list)  # a crop phantom is what the demo model was trained on
