@@ -20,19 +20,15 @@ Runner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 def torch_runner(net: Any, precision: str = "fp32") -> Runner:
     """Eval-mode, no-grad torch runner on CPU; ``precision`` ``bf16`` runs the network under CPU bf16 autocast
-    (the torch backend's :data:`~pancreas.backends.torch_backend.AUTOCAST` table)."""
-    import contextlib
-
+    (:func:`pancreas.backends.torch_backend.autocast`)."""
     import torch
 
-    from pancreas.backends.torch_backend import AUTOCAST
+    from pancreas.backends.torch_backend import autocast
 
     net = net.eval()
-    dtype = AUTOCAST[precision]
 
     def run(patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        cast = torch.autocast("cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext()
-        with torch.inference_mode(), cast:
+        with torch.inference_mode(), autocast(precision):
             seg, cls = net(torch.from_numpy(np.ascontiguousarray(patches, dtype=np.float32)))
         return seg.float().numpy(), cls.float().numpy()
 

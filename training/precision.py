@@ -19,12 +19,11 @@ def training_autocast(device_type: str, precision: str) -> contextlib.AbstractCo
     """The autocast context of one training or validation step on ``device_type``."""
     import torch
 
-    from pancreas.backends.torch_backend import AUTOCAST  # precision name -> dtype, shared with inference
+    from pancreas.backends.torch_backend import autocast  # precision name -> context, shared with inference
 
     if device_type == "cuda":
         return torch.autocast("cuda", enabled=True)  # nnU-Net's fp16 autocast (its grad scaler is set up)
-    dtype = AUTOCAST[precision]
-    return contextlib.nullcontext() if dtype is None else torch.autocast(device_type, dtype=dtype, enabled=True)
+    return autocast(precision, device_type)
 
 
 def as_float(outputs: Any, device_type: str) -> Any:

@@ -30,6 +30,12 @@ logger = logging.getLogger(__name__)
 AUTOCAST: dict[str, torch.dtype | None] = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+def autocast(precision: str, device_type: str = "cpu") -> contextlib.AbstractContextManager[Any]:
+    """The autocast context of ``precision`` on ``device_type`` (``cpu``/``cuda``); fp32 runs without one."""
+    dtype = AUTOCAST[precision]
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device_type=device_type, dtype=dtype)
+
+
 class TorchBackend:
     """Wraps an eval-mode network whose forward returns ``(seg logits, class logits)``."""
 
@@ -54,10 +60,7 @@ class TorchBackend:
         self.compiled = bool(compile)
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        dtype = AUTOCAST[self.precision]
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type="cuda" if self.device.startswith("cuda") else "cpu", dtype=dtype)
+        return autocast(self.precision, "cuda" if self.device.startswith("cuda") else "cpu")
 
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
