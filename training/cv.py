@@ -89,14 +89,16 @@ def summarize_folds(results: Sequence[FoldResult], options: TrainOptions) -> CVS
 
 def run_cv(dataset: str | int, *, configuration: str = "3d_fullres", plans_identifier: str = "nnUNetPlans",
            options: TrainOptions | None = None, device: str = "cpu", threads: int | None = None,
-           seed: int = 12345, folds: Sequence[int] = (0, 1, 2, 3, 4), out: Path | None = None) -> CVSummary:
-    """Train ``folds`` one after another and write the CV summary next to them (or into ``out``)."""
+           seed: int = 12345, folds: Sequence[int] = (0, 1, 2, 3, 4), out: Path | None = None,
+           resume: bool = False) -> CVSummary:
+    """Train ``folds`` one after another and write the CV summary next to them (or into ``out``); ``resume``
+    continues each fold from its newest checkpoint (a finished fold is only evaluated again)."""
     options = options or TrainOptions()
     results = []
     for fold in folds:
         results.append(train_fold(dataset, configuration=configuration, fold=fold,
                                   plans_identifier=plans_identifier, options=options, device=device,
-                                  threads=threads, seed=seed + fold))
+                                  threads=threads, seed=seed + fold, resume=resume))
     summary = summarize_folds(results, options)
     summary.write(out or results[0].output_folder.parent)
     logger.info("CV summary written to %s", summary.files["markdown"])

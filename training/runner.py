@@ -75,11 +75,12 @@ def train_fold(dataset: str | int, *, configuration: str = "3d_fullres", fold: i
                plans_identifier: str = "nnUNetPlans", options: TrainOptions | None = None,
                device: str = "cpu", threads: int | None = None, seed: int = 12345,
                trainer_name: str | None = None, trainer_cls: type[MultiTaskTrainer] | None = None,
-               setup: Callable[[MultiTaskTrainer], None] | None = None) -> FoldResult:
+               setup: Callable[[MultiTaskTrainer], None] | None = None, resume: bool = False) -> FoldResult:
     """Train one fold with nnU-Net's loop, then evaluate its held-out cases.
 
     ``trainer_cls`` picks a trainer subclass; ``setup(trainer)`` runs before ``initialize()`` (e.g. to hand a
-    :class:`training.distillation.DistillationTrainer` its teacher).
+    :class:`training.distillation.DistillationTrainer` its teacher). ``resume`` continues an interrupted run of
+    the same options from the fold's newest checkpoint (nnU-Net's ``--c``; see :func:`resume_training`).
     """
     options = options or TrainOptions()
     if threads:
@@ -94,15 +95,53 @@ def train_fold(dataset: str | int, *, configuration: str = "3d_fullres", fold: i
         setup(trainer)
     out = Path(trainer.output_folder)
     out.mkdir(parents=True, exist_ok=True)
+    resumed = resume and resume_training(trainer, out, options)
     (out / "train_options.json").write_text(json.dumps(options.to_json(), indent=1))
     (out / "network_config.json").write_text(trainer.network_config.model_dump_json(indent=1))
     logger.info("training fold %s of %s (%s, %s): %d epochs x %d iterations on %s", fold, trainer.plans_manager.dataset_name,
                 configuration, plans_identifier, options.epochs, options.iters_per_epoch, device)
-    if options.pretrained_weights:
+    if options.pretrained_weights and not resumed:
         load_pretrained(trainer, Path(options.pretrained_weights))
     trainer.run_training()
     metrics = trainer.perform_actual_validation() if options.evaluate else {}
     return FoldResult(fold, out, out / "checkpoint_final.pth", list(trainer.history), metrics)
+
+
+#: checkpoints a resumed run starts from, newest first (nnU-Net's ``--c`` order)
+RESUME_CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_latest.pth")
+#: options that may change between an interrupted run and its resumption (they do not change what is learned)
+RESUMABLE_CHANGES = frozenset({"num_workers", "evaluate", "save_every"})
+
+
+def resume_training(trainer: MultiTaskTrainer, out: Path, options: Any) -> bool:
+    """Load the newest checkpoint of an interrupted run into ``trainer``; False when there is none (fresh start).
+
+    Refuses (DatasetError) when the run was made with other training options, or with learned loss weights
+    (their values are not in nnU-Net's checkpoint). Network, optimizer, epoch and nnU-Net's log come back; the
+    random streams do not, so a resumed run is not bit-identical to an uninterrupted one.
+    """
+    checkpoint = next((out / n for n in RESUME_CHECKPOINTS if (out / n).is_file()), None)
+    if checkpoint is None:
+        logger.warning("--resume: no checkpoint in %s, training from the start", out)
+        return False
+    saved_file = out / "train_options.json"
+    saved = json.loads(saved_file.read_text()) if saved_file.is_file() else {}
+    now = json.loads(json.dumps(options.to_json()))  # tuples as saved: lists
+    changed = sorted(k for k in set(saved) | set(now) if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k))
+    if changed:
+        raise DatasetError(f"cannot resume {out}: it was trained with other options ({', '.join(changed)}; see "
+                           f"{saved_file}); rerun with the same options, or train into a fresh folder")
+    if options.weighting == "learned":
+        raise DatasetError(f"cannot resume {out}: learned loss weights are not saved in nnU-Net's checkpoints; "
+                           "train it again from the start")
+    trainer.load_checkpoint(str(checkpoint))
+    history_file = out / "history.json"
+    if history_file.is_file():
+        epochs = json.loads(history_file.read_text()).get("epochs", [])
+        trainer.history = [e for e in epochs if e["epoch"] < trainer.current_epoch]
+    logger.info("resuming %s from %s at epoch %d of %d", out, checkpoint.name, trainer.current_epoch,
+                options.epochs)
+    return True
 
 
 def load_pretrained(trainer: MultiTaskTrainer, checkpoint: Path) -> None:

@@ -84,6 +84,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         f"{FULL_FOLD} (nnU-Net's fold 'all': every case trains, none held out)")
     parser.add_argument("--variant", choices=HEADS, default="mask", help="classification head")
     parser.add_argument("--out", type=Path, default=None, help="CV summary folder (default: results folder)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted fold from its newest checkpoint (nnU-Net's --c; same options "
+                             "required, checkpoints every 50 epochs)")
 
 
 def options_from_args(args: argparse.Namespace, **overrides: object):
@@ -115,14 +118,14 @@ def run(args: argparse.Namespace) -> int:
     if args.fold == "all":
         from training.cv import run_cv
 
-        summary = run_cv(args.dataset, out=args.out, **common)
+        summary = run_cv(args.dataset, out=args.out, resume=args.resume, **common)
         print(summary.markdown())
         print(f"CV summary: {summary.files}")
         return 0
     from training.runner import train_fold
 
     fold = nnunet_fold(args.fold)
-    result = train_fold(args.dataset, fold=fold, **common)
+    result = train_fold(args.dataset, fold=fold, resume=args.resume, **common)
     s = result.metrics.get("summary", {})
     print(f"fold {fold}: {result.output_folder}")
     if s:
