@@ -16,7 +16,7 @@ import torch
 
 from pancreas.errors import DatasetError
 from training.nnunet_env import current, resolve_dataset
-from training.trainer import MultiTaskTrainer, TrainOptions, trainer_class
+from training.trainer import HISTORY_FILE, MultiTaskTrainer, TrainOptions, trainer_class
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ RESUME_CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_latest.pth")
 RESUMABLE_CHANGES = frozenset({"num_workers", "evaluate", "save_every"})
 
 
-def resume_training(trainer: MultiTaskTrainer, out: Path, options: Any) -> bool:
+def resume_training(trainer: MultiTaskTrainer, out: Path, options: TrainOptions) -> bool:
     """Load the newest checkpoint of an interrupted run into ``trainer``; False when there is none (fresh start).
 
     Refuses (DatasetError) when the run was made with other training options, or with learned loss weights
@@ -135,7 +135,7 @@ def resume_training(trainer: MultiTaskTrainer, out: Path, options: Any) -> bool:
         raise DatasetError(f"cannot resume {out}: learned loss weights are not saved in nnU-Net's checkpoints; "
                            "train it again from the start")
     trainer.load_checkpoint(str(checkpoint))
-    history_file = out / "history.json"
+    history_file = out / HISTORY_FILE
     if history_file.is_file():
         epochs = json.loads(history_file.read_text()).get("epochs", [])
         trainer.history = [e for e in epochs if e["epoch"] < trainer.current_epoch]

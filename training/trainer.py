@@ -144,6 +144,10 @@ class TrainOptions:
         return d
 
 
+#: per-epoch records of a fold (written each epoch, read back by a resumed run)
+HISTORY_FILE = "history.json"
+
+
 class WarmupPolyLR:
     """Linear warm-up over ``warmup`` epochs, then nnU-Net's PolyLR (exponent 0.9); ``step(epoch)``."""
 
@@ -419,7 +423,7 @@ class MultiTaskTrainer(nnUNetTrainer):
                     record["train_loss"], record["seg_loss"], record["cls_loss"], record["val_loss"],
                     record["dice_pancreas"], record["dice_lesion"], record["patch_f1"], record["lr"],
                     record["time_s"])
-        with open(f"{self.output_folder}/history.json", "w") as f:
+        with open(f"{self.output_folder}/{HISTORY_FILE}", "w") as f:
             json.dump({"options": self.options.to_json(), "epochs": self.history}, f, indent=1)
         self._nnunet_epoch_end()
 

@@ -27,7 +27,7 @@ class _StopsAfterCheckpoint(MultiTaskTrainer):
             raise _Interrupted
 
 
-def _options(tiny_run, **kw) -> TrainOptions:
+def _options(**kw) -> TrainOptions:
     from pancreas.bundle import HeadConfig
 
     base = {"head": HeadConfig(variant="mask", hidden=32), "epochs": EPOCHS, "iters_per_epoch": 2, "val_iters": 1,
@@ -42,16 +42,16 @@ def test_resume_continues_an_interrupted_fold(tiny_run) -> None:
     common = {"configuration": "3d_fullres", "fold": "quiz", "plans_identifier": tiny_run.plans_identifier,
               "threads": 1, "seed": 0, "trainer_name": PROBE}
     with pytest.raises(_Interrupted):
-        train_fold(CI_DATASET_ID, options=_options(tiny_run), trainer_cls=_StopsAfterCheckpoint, **common)
+        train_fold(CI_DATASET_ID, options=_options(), trainer_cls=_StopsAfterCheckpoint, **common)
     folder = tiny_run.fold_folder.parent.parent / f"{PROBE}__{tiny_run.plans_identifier}__3d_fullres" / "fold_quiz"
     assert (folder / "checkpoint_latest.pth").is_file() and not (folder / "checkpoint_final.pth").exists()
     before = json.loads((folder / "history.json").read_text())["epochs"]
     assert [e["epoch"] for e in before] == [0, 1]
 
     with pytest.raises(DatasetError, match="other options.*initial_lr"):
-        train_fold(CI_DATASET_ID, options=_options(tiny_run, initial_lr=1e-2), resume=True, **common)
+        train_fold(CI_DATASET_ID, options=_options(initial_lr=1e-2), resume=True, **common)
 
-    result = train_fold(CI_DATASET_ID, options=_options(tiny_run), resume=True, **common)
+    result = train_fold(CI_DATASET_ID, options=_options(), resume=True, **common)
     assert [e["epoch"] for e in result.history] == [0, 1, 2]
     saved = json.loads((folder / "history.json").read_text())["epochs"]
     assert saved[:2] == before  # the records (losses, timings) of the first run: only epoch 2 was trained again
