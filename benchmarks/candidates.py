@@ -112,8 +112,13 @@ def _nnunet(mirroring: bool) -> Recipe:
 
 
 def _engine(name: str, backend: str, precision: str, artifact: str, *, compile: bool = False,
-            coarse_to_fine: bool = True, needs: str | None = None, tta: bool = False) -> Recipe:
+            coarse_to_fine: bool = True, needs: str | None = None, tta: bool = False,
+            one_scale: bool = False) -> Recipe:
+    """An engine row; ``one_scale`` runs the plans' grid only where the bundle records multi-scale TTA (the
+    other rows follow the bundle's ``inference.scales``)."""
     def recipe(bundle: Bundle, env: Environment) -> tuple[str, str, dict[str, Any]] | str:
+        if one_scale and len(bundle.metadata.inference.get("scales", [1.0])) < 2:
+            return "the bundle records no multi-scale TTA (every row runs one scale)"
         if needs == "cuda" and not env.cuda:
             return "needs a CUDA GPU"
         if needs == "bf16" and not (env.cuda or env.cpu_bf16):
@@ -127,6 +132,8 @@ def _engine(name: str, backend: str, precision: str, artifact: str, *, compile: 
         device = "cuda" if env.cuda and (backend != "onnxruntime" or env.ort_cuda) else "cpu"
         options = {"backend": backend, "precision": precision, "device": device, "tta": tta,
                    "coarse_to_fine": coarse_to_fine, "compile": compile}
+        if one_scale:
+            options["scales"] = [1.0]
         return name, "engine", options
     return recipe
 
@@ -153,6 +160,9 @@ RECIPES: tuple[tuple[str, Recipe], ...] = (
     ("torch-bf16", _engine("torch-bf16", "torch", "bf16", "torch", coarse_to_fine=False, needs="bf16")),
     ("torch-bf16-tta", _engine("torch-bf16-tta", "torch", "bf16", "torch", coarse_to_fine=False, tta=True,
                                needs="bf16")),
+    # the same without the bundle's multi-scale TTA: what the extra scales cost and give
+    ("torch-bf16-tta-1scale", _engine("torch-bf16-tta-1scale", "torch", "bf16", "torch", coarse_to_fine=False,
+                                      tta=True, needs="bf16", one_scale=True)),
     ("ort-int8-c2f", _engine("ort-int8-c2f", "onnxruntime", "int8", "onnx")),
     ("ort-fp16-c2f", _engine("ort-fp16-c2f", "onnxruntime", "fp16", "onnx", needs="cuda")),
     ("tensorrt-fp16-c2f", _engine("tensorrt-fp16-c2f", "tensorrt", "fp16", "tensorrt", needs="tensorrt")),
@@ -231,6 +241,8 @@ class EngineRunner:
 
         from pancreas.engine import Engine, EngineConfig
 
+        if options.get("scales") is not None:  # JSON from the orchestrator: a list
+            options = {**options, "scales": tuple(options["scales"])}
         self._engine = Engine.from_bundle(bundle, EngineConfig(**options))
         self.info = {**self._engine.info, "cudnn_benchmark": bool(torch.backends.cudnn.benchmark)}
 

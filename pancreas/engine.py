@@ -13,6 +13,10 @@ Pipeline (each stage timed into ``Prediction.timings_ms``)::
     export         argmax (or softmax), paste into the canonical array, undo the transpose
     postprocess    largest pancreas component, lesions next to the pancreas
 
+With multi-scale TTA (``scales``, e.g. ``(1, 1.25)``) preprocess, inference and resample_back run once per factor
+on the target spacing; the passes' probabilities are averaged on the cropped original grid (their stage times add
+up) and the first pass gives the subtype.
+
 The engine is backend-agnostic: it holds one :class:`~pancreas.backends.Backend` (fold ensembles are an
 :class:`~pancreas.backends.ensemble.EnsembleBackend`; an ensemble bundle over configurations becomes an
 :class:`~pancreas.ensemble_engine.EnsembleEngine` in :meth:`Engine.from_bundle`). Orientation is never touched here: volumes come
@@ -50,6 +54,7 @@ from pancreas.prediction import (
     post_config,
     predict_file,
     tta_enabled,
+    tta_scales,
     weighted_labels,
 )
 from pancreas.preprocess import (
@@ -93,6 +98,8 @@ class Engine:
         self.domain = InputDomain.from_training_data(bundle.metadata.training_data) or InputDomain()
         self.post = post_config(bundle.metadata.inference, config, self.domain)
         self.class_weights = class_weights(bundle.metadata.inference, config, bundle.metadata.network.num_seg_classes)
+        #: multi-scale TTA: target-spacing factors, one pass each (``(1.0,)``: the plans' grid only)
+        self.scales = tta_scales(bundle.metadata.inference, config)
         self.seg_spec = segmentation_spec(bundle.plans, bundle.metadata.network.configuration) \
             if self.previous is not None else None
 
@@ -115,7 +122,8 @@ class Engine:
                 "precision": self.backend.precision, "device": self.backend.device,
                 "patch_size": list(self.window.patch_size[1:] if self.plan.is_2d else self.window.patch_size),
                 "step_size": self.config.step_size,
-                "tta": self.window.tta, "folds": len(getattr(self.backend, "members", [self.backend])),
+                "tta": self.window.tta, "scales": list(self.scales),
+                "folds": len(getattr(self.backend, "members", [self.backend])),
                 "configuration": meta.network.configuration, "coarse_to_fine": self.config.coarse_to_fine,
                 "postprocess": self.post is not None}
 
@@ -193,15 +201,23 @@ class Engine:
         if self.config.coarse_to_fine:
             with timer("coarse"):
                 roi = self.coarse_roi(volume, device, cancel) if prior is None else self._prior_roi(prior, volume)
-        with timer("preprocess"):
-            pre = preprocess(volume.array, volume.spacing, self.plan, device=device, roi=roi)
-            if prior is not None:
-                pre = with_previous_stage(pre, prior, self.plan, self.seg_spec)
-        with timer("inference"):
-            res = sliding_window(pre.data, self.backend, self.window, cancel=cancel)
+        passes, first = [], None
+        for factor in self.scales:
+            plan = self._plan_at(factor)
+            with timer("preprocess"):
+                pre = preprocess(volume.array, volume.spacing, plan, device=device, roi=roi)
+                if prior is not None:
+                    pre = with_previous_stage(pre, prior, plan, self.seg_spec)
+            with timer("inference"):
+                res = sliding_window(pre.data, self.backend, self.window, cancel=cancel)
+            with timer("resample_back"):
+                passes.append((logits_to_crop(res.logits, pre, plan), res.class_probabilities))
+            if first is None:  # every pass crops the same box of the original grid
+                first = pre
+        if len(passes) == 1:
+            return passes[0][0], first, passes[0][1]
         with timer("resample_back"):
-            logits = logits_to_crop(res.logits, pre, self.plan)
-        return logits, pre, res.class_probabilities
+            return mean_log_probabilities([logits for logits, _ in passes]), first, passes[0][1]
 
     def _previous_labels(self, volume: Volume, timer: Timer, cancel: threading.Event | None) -> np.ndarray:
         """The previous cascade stage's raw label map (canonical); its timings become a part of ``timer``."""
@@ -232,8 +248,15 @@ class Engine:
         return mask, cls
 
     def check_input(self, volume: Volume) -> tuple[int, int, int]:
-        """Refuse a volume whose grid at the plans' spacing is empty or over ``config.grid_limits``."""
-        return check_grid(volume.shape, volume.spacing, self.plan, self.config.grid_limits)
+        """Refuse a volume whose grid at the plans' spacing (at every factor of ``scales``) is empty or over
+        ``config.grid_limits``; the first factor's grid."""
+        grids = [check_grid(volume.shape, volume.spacing, self._plan_at(f), self.config.grid_limits)
+                 for f in self.scales]
+        return grids[0]
+
+    def _plan_at(self, factor: float) -> PreprocessPlan:
+        """The preprocessing plan at ``factor`` x the target spacing (multi-scale TTA)."""
+        return self.plan if factor == 1 else self.plan.with_spacing_factor(factor)
 
     def predict(self, volume: Volume, *, cancel: threading.Event | None = None) -> Prediction:
         """Segment and classify one canonical volume; stops at the next patch batch once ``cancel`` is set."""
@@ -263,3 +286,11 @@ class Engine:
         """Read a CT, predict, write the mask on exactly the input's grid; timings include read/write."""
         return predict_file(self.predict, image_path, mask_path)
 
+
+def mean_log_probabilities(logits: list[torch.Tensor]) -> torch.Tensor:
+    """``log(mean(softmax(l)))`` over same-shaped logits ``[C, ...]``: the passes' averaged probabilities, in
+    the logit form the argmax (with class weights) and ``predict_soft``'s softmax take."""
+    total = torch.softmax(logits[0], dim=0)
+    for more in logits[1:]:
+        total += torch.softmax(more, dim=0)
+    return torch.log(total.div_(len(logits)).clamp_min_(1e-12))

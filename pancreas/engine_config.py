@@ -6,6 +6,7 @@ them); importable without torch, so CLIs and the service settings can read its d
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from pancreas.errors import PancreasError
@@ -32,7 +33,10 @@ class EngineConfig:
     ``providers`` overrides the onnxruntime execution providers. ``tta`` (mirroring test-time augmentation):
     ``None`` (default) follows the bundle's ``metadata.inference["tta"]`` (off when unset). ``class_weights``:
     one factor per label on the softmax probabilities before the argmax (``(1, 1, 4)`` favours the lesion);
-    ``None`` (default) follows ``metadata.inference["class_weights"]`` (plain argmax when unset).
+    ``None`` (default) follows ``metadata.inference["class_weights"]`` (plain argmax when unset). ``scales``
+    (multi-scale test-time augmentation): factors on the plans' target spacing, one sliding-window pass each,
+    probabilities averaged on the original grid (``(1, 1.25)``: the plans' grid and one 1.25x coarser, where
+    the case looks 0.8x as large); ``None`` (default) follows ``metadata.inference["scales"]`` (``(1,)``).
     ``postprocess=True`` applies the bundle's recorded post-processing (``metadata.inference["postprocessing"]`` options; ``"postprocess": false``
     there turns it off); ``False`` always skips it. ``cudnn_benchmark`` sets ``torch.backends.cudnn.benchmark``
     on CUDA (the sliding window feeds one fixed patch shape, so cuDNN's autotuning pays off after warm-up).
@@ -45,6 +49,7 @@ class EngineConfig:
     step_size: float = 0.5
     tta: bool | None = None
     class_weights: tuple[float, ...] | None = None
+    scales: tuple[float, ...] | None = None
     coarse_to_fine: bool = False
     postprocess: bool = True
     compile: bool = False
@@ -60,12 +65,13 @@ class EngineConfig:
         checks = {"batch_size": self.batch_size >= 1, "step_size": 0 < self.step_size <= 1,
                   "coarse_factor": self.coarse_factor > 1, "roi_margin": self.roi_margin >= 0,
                   "num_threads": self.num_threads is None or self.num_threads >= 1,
-                  "class_weights": self.class_weights is None or all(w > 0 for w in self.class_weights)}
+                  "class_weights": self.class_weights is None or all(w > 0 for w in self.class_weights),
+                  "scales": self.scales is None or scales_ok(self.scales)}
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise PancreasError(f"invalid engine option(s) {', '.join(f'{b}={getattr(self, b)!r}' for b in bad)}: "
                                 "batch_size >= 1, 0 < step_size <= 1, coarse_factor > 1, roi_margin >= 0, "
-                                "num_threads >= 1, class_weights > 0")
+                                f"num_threads >= 1, class_weights > 0, 0 < scales <= {MAX_SCALE:g}")
 
 
 def class_weight_list(text: str) -> tuple[float, ...]:
@@ -74,3 +80,23 @@ def class_weight_list(text: str) -> tuple[float, ...]:
     if not weights or any(w <= 0 for w in weights):
         raise ValueError(f"class weights {text!r}: comma-separated positive factors, one per label")
     return weights
+
+
+#: The largest multi-scale TTA factor (``EngineConfig.scales``): a 4x coarser grid is already a sketch of the case.
+MAX_SCALE = 4.0
+
+
+def scales_ok(scales: Sequence[float]) -> bool:
+    """Whether ``scales`` are usable multi-scale TTA factors: at least one, each in (0, ``MAX_SCALE``]."""
+    return len(scales) > 0 and all(0 < f <= MAX_SCALE for f in scales)
+
+
+def scale_list(text: str) -> tuple[float, ...]:
+    """``"1,1.25"`` -> ``(1.0, 1.25)``: the command-line form of ``EngineConfig.scales``."""
+    try:
+        scales = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        scales = ()
+    if not scales_ok(scales):
+        raise ValueError(f"scales {text!r}: comma-separated target-spacing factors in (0, {MAX_SCALE:g}], e.g. 1,1.25")
+    return scales

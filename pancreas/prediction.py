@@ -18,7 +18,7 @@ import torch
 
 from pancreas import LABELS
 from pancreas.domain import InputDomain, InputWarning
-from pancreas.engine_config import EngineConfig
+from pancreas.engine_config import MAX_SCALE, EngineConfig, scales_ok
 from pancreas.errors import PancreasError
 from pancreas.nifti import Volume, read_volume
 from pancreas.postprocess import PostprocessConfig, postprocess
@@ -95,6 +95,20 @@ def make_prediction(mask: np.ndarray, volume: Volume, class_probabilities: np.nd
 def tta_enabled(inference: Mapping[str, Any], config: EngineConfig) -> bool:
     """Mirroring TTA: ``config.tta`` when set, else the bundle's ``metadata.inference["tta"]`` (default off)."""
     return bool(inference.get("tta", False)) if config.tta is None else config.tta
+
+
+def tta_scales(inference: Mapping[str, Any], config: EngineConfig) -> tuple[float, ...]:
+    """Multi-scale TTA: ``config.scales`` when set, else the bundle's ``metadata.inference["scales"]``
+    (default ``(1.0,)``: the plans' spacing only); the first factor's pass gives the subtype."""
+    given = config.scales if config.scales is not None else inference.get("scales", (1.0,))
+    try:
+        scales = tuple(float(f) for f in given)
+    except (TypeError, ValueError):
+        scales = ()
+    if not scales_ok(scales):
+        raise PancreasError(f"scales {given!r}: need one or more target-spacing factors in (0, {MAX_SCALE:g}], "
+                            "e.g. [1, 1.25]")
+    return scales
 
 
 def class_weights(inference: Mapping[str, Any], config: EngineConfig, n_classes: int) -> np.ndarray | None:

@@ -114,7 +114,8 @@ class PreprocessPlan:
         return full_spacing(self.target_spacing, spacing)
 
     def with_spacing_factor(self, factor: float) -> PreprocessPlan:
-        """The same plan at a coarser (``factor`` > 1) target spacing, for coarse-to-fine (a 2D plan: in-plane)."""
+        """The same plan at ``factor`` x the target spacing (coarser when > 1), for coarse-to-fine and multi-scale
+        TTA (a 2D plan: in-plane)."""
         return replace(self, target_spacing=tuple(s * factor for s in self.target_spacing))
 
 

@@ -26,6 +26,7 @@ import numpy as np
 
 from pancreas import LABELS
 from pancreas.bundle import (
+    METADATA,
     Artifact,
     Bundle,
     BundleMetadata,
@@ -206,6 +207,21 @@ def make_random_bundle(root: str | Path, *, seed: int = 0, head: str = "mask", f
                           network=net_config, artifacts=artifacts, previous_stage=previous_stage,
                           provenance=provenance(f"pancreas.testing.make_random_bundle(seed={seed})"))
     return Bundle.write(root, meta, plans, tiny_dataset_json())
+
+
+def with_inference(bundle: Bundle, root: str | Path, **inference: Any) -> Bundle:
+    """A copy of ``bundle`` at ``root`` whose ``metadata.inference`` also records ``inference`` (written as JSON, not
+    validated, so that malformed values reach the code that reads them)."""
+    import json
+    import shutil
+
+    root = Path(root)
+    shutil.copytree(bundle.root, root)
+    meta_file = root / METADATA
+    meta = json.loads(meta_file.read_text())
+    meta["inference"] = {**meta.get("inference", {}), **inference}
+    meta_file.write_text(json.dumps(meta))
+    return Bundle.load(root)
 
 
 def cascade_plans(*, lowres_factor: float = 2.0, lowres_patch: tuple[int, int, int] = (16, 32, 32),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 
 from pancreas.backends import DEVICES, PRECISIONS, backend_choices
+from pancreas.engine_config import scale_list
 from service.settings import Settings
 
 _FLAGS = {  # flag -> (Settings field, type, help; "{default}" is the Settings default)
@@ -44,6 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                         help="mirroring test-time augmentation (default: the bundle's recorded choice, "
                              "metadata.inference.tta; off when unset)")
+    parser.add_argument("--scales", type=scale_list, default=None, metavar="F0,F1",
+                        help="multi-scale test-time augmentation: one pass per target-spacing factor, e.g. 1,1.25 "
+                             "(default: the bundle's metadata.inference.scales; 1 when unset)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,5 +56,6 @@ def run(args: argparse.Namespace) -> int:
     overrides = {field: getattr(args, flag[2:].replace("-", "_"))
                  for flag, (field, _kind, _text) in _FLAGS.items()}
     overrides["tta"] = args.tta
+    overrides["scales"] = args.scales
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     return serve(settings)

@@ -15,7 +15,7 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pancreas.backends import DEVICES, PRECISIONS, backend_choices
-from pancreas.engine_config import EngineConfig
+from pancreas.engine_config import EngineConfig, scale_list
 from pancreas.grid import GridLimits
 
 #: Engine defaults: every inference field below takes its default from here, and :meth:`Settings.engine_config`
@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     step_size: float = Field(default=_ENGINE.step_size, gt=0, le=1)
     #: Mirroring test-time augmentation; None (``PANCREAS_TTA=auto``) follows the bundle's ``metadata.inference["tta"]``.
     tta: bool | None = _ENGINE.tta
+    #: Multi-scale TTA, target-spacing factors (``PANCREAS_SCALES=1,1.25``); None (``auto``) follows the bundle's
+    #: ``metadata.inference["scales"]``; ``1`` runs the plans' grid only.
+    scales: tuple[float, ...] | None = _ENGINE.scales
     coarse_to_fine: bool = _ENGINE.coarse_to_fine
     postprocess: bool = _ENGINE.postprocess
     compile: bool = _ENGINE.compile
@@ -84,6 +87,15 @@ class Settings(BaseSettings):
     @classmethod
     def _auto_tta_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and value.strip().lower() in ("", "auto") else value
+
+    @field_validator("scales", mode="before")
+    @classmethod
+    def _scales_from_text(cls, value: object) -> object:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return scale_list(str(value))
+        if not isinstance(value, str):
+            return value
+        return None if value.strip().lower() in ("", "auto") else scale_list(value.strip().strip("[]()"))
 
     @field_validator("api_key")
     @classmethod

@@ -11,7 +11,7 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from pancreas.backends import DEVICES, PRECISIONS, backend_choices
-    from pancreas.engine_config import EngineConfig, class_weight_list
+    from pancreas.engine_config import EngineConfig, class_weight_list, scale_list
 
     d = EngineConfig()
     parser.add_argument("-i", "--images", required=True, help="a .nii(.gz) file, a quiz split folder or a flat folder")
@@ -31,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--class-weights", type=class_weight_list, default=None, metavar="W0,W1,W2",
                         help="factors on the background/pancreas/lesion probabilities before the argmax "
                              "(default: the bundle's metadata.inference.class_weights; plain argmax when unset)")
+    parser.add_argument("--scales", type=scale_list, default=None, metavar="F0,F1",
+                        help="multi-scale test-time augmentation: one pass per factor on the target spacing, "
+                             "probabilities averaged (default: the bundle's metadata.inference.scales; 1 when unset)")
     parser.add_argument("--coarse-to-fine", action="store_true", help="low-resolution ROI pass first")
     parser.add_argument("--no-postprocess", action="store_true", help="skip largest-component/lesion cleanup")
     parser.add_argument("--compile", action="store_true", help="torch.compile the torch backend")
@@ -43,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = EngineConfig(backend=args.backend, device=args.device, precision=args.precision,
                           batch_size=args.batch_size, step_size=args.step_size, tta=args.tta,
-                          class_weights=args.class_weights,
+                          class_weights=args.class_weights, scales=args.scales,
                           coarse_to_fine=args.coarse_to_fine, postprocess=not args.no_postprocess,
                           compile=args.compile, num_threads=args.threads)
     from pancreas.bundle import default_bundle_path

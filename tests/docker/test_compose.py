@@ -214,8 +214,13 @@ def test_compose_settings_defaults_parse(services: dict[str, dict[str, Any]], mo
         settings = Settings()
         assert settings.tta is None, f"{name}: PANCREAS_TTA={env['PANCREAS_TTA']!r} should follow the bundle"
         assert settings.engine_config().tta is None
+        assert settings.scales is None and settings.engine_config().scales is None, f"{name}: scales follow the bundle"
         monkeypatch.setenv("PANCREAS_TTA", "false")
         assert Settings().tta is False
+        monkeypatch.setenv("PANCREAS_SCALES", "1,1.25")
+        assert Settings().engine_config().scales == (1.0, 1.25)
+        monkeypatch.setenv("PANCREAS_SCALES", "1")
+        assert Settings().scales == (1.0,)
 
 
 def copied_files(dockerfile_text: str) -> set[str]:

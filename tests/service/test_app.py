@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from starlette.testclient import TestClient
 
 from pancreas.testing import blob_ct, nifti_bytes
@@ -50,3 +51,18 @@ def test_request_timeout(tiny_bundle, tmp_path):
             time.sleep(0.05)
         assert "pancreas_queue_depth 0.0" in c.get("/metrics").text
     assert list((tmp_path / "t").iterdir()) == []
+
+
+def test_scales_setting_reads_factors_and_refuses_bad_ones(monkeypatch) -> None:
+    """``PANCREAS_SCALES``: ``auto`` follows the bundle, ``1,1.25`` two passes; a bad factor is a clear error."""
+    from pydantic import ValidationError
+
+    for text, expected in (("auto", None), ("", None), ("1,1.25", (1.0, 1.25)), ("[1, 1.25]", (1.0, 1.25)),
+                           ("1", (1.0,))):
+        monkeypatch.setenv("PANCREAS_SCALES", text)
+        assert Settings().scales == expected, text
+        assert Settings().engine_config().scales == expected
+    for bad in ("0", "1,9", "fast"):
+        monkeypatch.setenv("PANCREAS_SCALES", bad)
+        with pytest.raises(ValidationError, match="scales"):
+            Settings()

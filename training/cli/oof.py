@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pancreas.engine_config import class_weight_list
+from pancreas.engine_config import class_weight_list, scale_list
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_held_out_arguments(parser: argparse.ArgumentParser, *, out_help: str) -> None:
     """The flags of every out-of-fold command (``oof``, ``find-best``): dataset, workdir, out, scored sources,
-    threads, TTA and class weights."""
+    threads, TTA, class weights and scales."""
     parser.add_argument("--dataset", required=True, help="dataset id or name the folds were trained on")
     parser.add_argument("--workdir", type=Path, default=Path("work_dirs"), help="nnU-Net work root (%(default)s)")
     parser.add_argument("--out", type=Path, required=True, help=out_help)
@@ -35,14 +35,17 @@ def add_held_out_arguments(parser: argparse.ArgumentParser, *, out_help: str) ->
     parser.add_argument("--class-weights", type=class_weight_list, default=None, metavar="W0,W1,W2",
                         help="factors on the label probabilities before the argmax (default: each bundle's "
                              "metadata.inference.class_weights)")
+    parser.add_argument("--scales", type=scale_list, default=None, metavar="F0,F1",
+                        help="multi-scale test-time augmentation: target-spacing factors, one pass each (default: "
+                             "each bundle's metadata.inference.scales, else 1)")
 
 
 def engine_config(args: argparse.Namespace):
-    """The engine every out-of-fold command scores with: torch on CPU, plus the TTA/class-weight overrides."""
+    """The engine every out-of-fold command scores with: torch on CPU, plus the TTA/class-weight/scale overrides."""
     from pancreas.engine_config import EngineConfig
 
     return EngineConfig(backend="torch", device="cpu", num_threads=args.threads, tta=args.tta,
-                        class_weights=args.class_weights)
+                        class_weights=args.class_weights, scales=args.scales)
 
 
 def scored_sources(args: argparse.Namespace) -> tuple[str, ...] | None:
@@ -63,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
                                      "oof_measured_with": "pancreas oof (torch, cpu, each fold on its held-out cases, "
                                                           "original grid, postprocessing as recorded; TTA "
                                                           f"{_setting(args.tta)}, class weights "
-                                                          f"{_setting(args.class_weights)})"})
+                                                          f"{_setting(args.class_weights)}, scales "
+                                                          f"{_setting(args.scales)})"})
     print(report.markdown().split("\n\n| case")[0])
     print(f"written: {report.files}")
     return 0

@@ -13,6 +13,7 @@ import SimpleITK as sitk
 from pancreas.engine import Engine, EngineConfig
 from pancreas.ensemble_engine import ensemble_of
 from pancreas.nifti import read_volume, same_grid, write_image
+from pancreas.testing import with_inference
 
 SPACING = (2.0, 1.5, 1.5)  # the tiny plans' spacing: no resampling unless a test wants it
 CPU = EngineConfig(backend="torch", device="cpu")
@@ -248,7 +249,7 @@ def test_cuda_out_of_memory_falls_back_to_cpu_aggregation(bundle, make_ct, make_
 
 def test_bundle_records_tta_and_config_overrides_it(bundle, make_ct, make_volume, tmp_path) -> None:
     """``metadata.inference.tta`` turns mirroring on by default; ``EngineConfig(tta=False)`` still turns it off."""
-    recorded = _with_inference(bundle, tmp_path / "tta_bundle", tta=True)
+    recorded = with_inference(bundle, tmp_path / "tta_bundle", tta=True)
     vol = make_volume(make_ct((16, 32, 32), seed=9), SPACING)
     follows = Engine.from_bundle(recorded, CPU)
     assert follows.info["tta"] is True and Engine.from_bundle(bundle, CPU).info["tta"] is False
@@ -259,20 +260,6 @@ def test_bundle_records_tta_and_config_overrides_it(bundle, make_ct, make_volume
     np.testing.assert_allclose(p_follow, mirrored.predict_soft(vol).probabilities, atol=1e-6)
     assert np.abs(p_follow - p_off).max() > 1e-4  # a random network is not mirror-symmetric
     assert ensemble_of([follows, off]).info["tta"] is True
-
-
-def _with_inference(bundle, root: Path, **inference):
-    """A copy of ``bundle`` whose ``metadata.inference`` also records ``inference``."""
-    import shutil
-
-    from pancreas.bundle import Bundle
-
-    shutil.copytree(bundle.root, root)
-    meta_file = root / "configs" / "metadata.json"
-    meta = json.loads(meta_file.read_text())
-    meta["inference"] = {**meta.get("inference", {}), **inference}
-    meta_file.write_text(json.dumps(meta))
-    return Bundle.load(root)
 
 
 def test_class_weights_scale_probabilities_before_the_argmax() -> None:
@@ -300,7 +287,7 @@ def test_bundle_class_weights_reach_engine_and_ensemble(bundle, make_ct, make_vo
 
     vol = make_volume(make_ct((16, 32, 32), seed=3), SPACING)
     no_post = EngineConfig(backend="torch", device="cpu", postprocess=False)
-    lesion_heavy = _with_inference(bundle, tmp_path / "w", class_weights=[1.0, 1.0, 50.0])
+    lesion_heavy = with_inference(bundle, tmp_path / "w", class_weights=[1.0, 1.0, 50.0])
     plain = Engine.from_bundle(bundle, no_post).predict(vol).mask
     weighted = Engine.from_bundle(lesion_heavy, no_post).predict(vol).mask
     assert (weighted == 2).sum() > (plain == 2).sum()
@@ -309,6 +296,6 @@ def test_bundle_class_weights_reach_engine_and_ensemble(bundle, make_ct, make_vo
     np.testing.assert_array_equal(overridden.predict(vol).mask, plain)
     pair = ensemble_of([Engine.from_bundle(lesion_heavy, no_post), Engine.from_bundle(lesion_heavy, no_post)])
     np.testing.assert_array_equal(pair.predict(vol).mask, weighted)
-    broken = _with_inference(bundle, tmp_path / "broken", class_weights=[1.0, 2.0])
+    broken = with_inference(bundle, tmp_path / "broken", class_weights=[1.0, 2.0])
     with pytest.raises(PancreasError, match="class_weights"):
         Engine.from_bundle(broken, no_post)
