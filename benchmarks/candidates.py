@@ -241,8 +241,6 @@ class EngineRunner:
 
         from pancreas.engine import Engine, EngineConfig
 
-        if options.get("scales") is not None:  # JSON from the orchestrator: a list
-            options = {**options, "scales": tuple(options["scales"])}
         self._engine = Engine.from_bundle(bundle, EngineConfig(**options))
         self.info = {**self._engine.info, "cudnn_benchmark": bool(torch.backends.cudnn.benchmark)}
 

@@ -62,6 +62,10 @@ class EngineConfig:
     grid_limits: GridLimits = field(default_factory=GridLimits)  # refuse inputs resampling to huge/empty grids
 
     def __post_init__(self) -> None:
+        for name in ("class_weights", "scales"):  # lists (JSON, pydantic) become the tuples a frozen config holds
+            value = getattr(self, name)
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
         checks = {"batch_size": self.batch_size >= 1, "step_size": 0 < self.step_size <= 1,
                   "coarse_factor": self.coarse_factor > 1, "roi_margin": self.roi_margin >= 0,
                   "num_threads": self.num_threads is None or self.num_threads >= 1,

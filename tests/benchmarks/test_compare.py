@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.candidates import BASELINE, Candidate, Environment, discover
+from benchmarks.candidates import BASELINE, Candidate, EngineRunner, Environment, discover
 from benchmarks.compare import Case, _schedule, best_line, find_cases
+from pancreas.bundle import Bundle
 from pancreas.cli import main
 from pancreas.errors import DatasetError, PancreasError
-from pancreas.testing import REPO_ROOT
+from pancreas.testing import REPO_ROOT, with_inference
 
 BEST = re.compile(r"^best: (\S+) is (\d+\.\d)× faster end to end than nnU-Net v2 default \(DSC change [+-]\d\.\d{3}\)")
 
@@ -191,17 +192,12 @@ def test_bf16_rows_where_bf16_is_native_and_mirrored_torch_on_request(bundle) ->
 def test_a_bundle_with_multi_scale_tta_gets_a_one_scale_row(bundle, tmp_path: Path) -> None:
     """Engine rows follow the bundle's ``inference.scales``; one extra mirrored bf16 row runs one scale, and only
     where the bundle records several."""
-    from pancreas.bundle import Bundle
-    from pancreas.testing import with_inference
-
     root = with_inference(bundle, tmp_path / "scaled", scales=[1.0, 1.25]).root
     native = Environment(cuda=False, tensorrt=False, ort_cuda=False, cpu_bf16=True)
     rows = {c.name: c.options for c in discover([root], env=native)}
     assert rows["torch-bf16-tta-1scale"]["scales"] == [1.0] and rows["torch-bf16-tta-1scale"]["tta"]
     assert "scales" not in rows["torch-bf16-tta"]  # the bundle's own scales
     assert "torch-bf16-tta-1scale" not in {c.name for c in discover([bundle.root], env=native)}
-    from benchmarks.candidates import EngineRunner
-
     runner = EngineRunner(Bundle.load(root), {"backend": "torch", "device": "cpu", "scales": [1.0]})  # JSON options
     assert runner.info["scales"] == [1.0] and EngineRunner(Bundle.load(root), {"device": "cpu"}).info["scales"] == [1.0, 1.25]
 

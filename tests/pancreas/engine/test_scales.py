@@ -71,6 +71,7 @@ def test_scale_options_are_checked() -> None:
     for bad in ((), (0.0,), (1.0, 4.5)):
         with pytest.raises(PancreasError, match="scales"):
             EngineConfig(scales=bad)
+    assert EngineConfig(scales=[1, 1.25]).scales == (1, 1.25)  # a JSON list becomes the frozen config's tuple
     assert tta_scales({}, EngineConfig()) == (1.0,)
     assert tta_scales({"scales": [1, 1.25]}, EngineConfig()) == (1.0, 1.25)
     assert tta_scales({"scales": [1, 1.25]}, EngineConfig(scales=(1.0,))) == (1.0,)
