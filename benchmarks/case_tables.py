@@ -1,8 +1,8 @@
 """Per-case out-of-fold tables kept in git, and paired comparisons of two recipes on the same held-out cases.
 
 ``pancreas oof`` writes ``oof.json`` under ``runs/``, which is not in git and goes with the machine. ``keep`` copies
-the metric columns of its cases (case id, source, fold, DSC / NSD / HD95, subtypes, predicted gland volume; never
-a mask or an image) into a small JSON table under ``benchmarks/results/real-quiz-cases/``, so that a new recipe
+the metric columns of its cases (case id, source, fold, DSC / NSD / HD95, subtypes, predicted gland volume, true
+and predicted lesion volume where the report has them; never a mask or an image) into a small JSON table under ``benchmarks/results/real-quiz-cases/``, so that a new recipe
 can be set against it later, on another machine. ``compare`` renders a page of paired comparisons: for each pair, the cases
 both tables scored (same case, same fold), the two means, the mean paired difference with its standard error, and
 how many cases got better or worse::
@@ -13,7 +13,12 @@ how many cases got better or worse::
         --out benchmarks/results/real-quiz-candidates.md
 
 ``merge`` joins one recipe's tables of different folds; ``recipe-cv`` turns a table into the ``recipe_cv_*`` metrics
-a bundle trained on every case records (``pancreas export-bundle --metrics``).
+a bundle trained on every case records (``pancreas export-bundle --metrics``). ``sizes`` groups a table's cases by
+true lesion volume (read from the reference masks where the table lacks it) and re-weights the lesion DSC to the
+lesion sizes of another set of masks::
+
+    python -m benchmarks.case_tables sizes benchmarks/results/real-quiz-cases/x.json \\
+        --labels ../shared/data/quiz-real/train --population ../shared/data/quiz-real/masks --population-subtype 2
 
 The spec: ``{"title": ..., "data": ..., "pairs": [{"name": ..., "baseline": "x.json", "candidate": "y.json",
 "sources": ["real", "phantom"], "note": ...}], "footer": [...]}`` (table paths relative to ``--root``).
@@ -25,12 +30,26 @@ import argparse
 import json
 import logging
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from pancreas.errors import DatasetError
+from pancreas.evaluation import discover_reference, reference_volumes_ml
+from pancreas.lesion_size import (
+    FOUND_DSC,
+    PRED_KEY,
+    REF_KEY,
+    SIZE_EDGES_ML,
+    check_edges,
+    size_strata,
+    strata_markdown,
+)
+from pancreas.quiz import QUIZ_MASK
 
 if TYPE_CHECKING:
     from training.oof import OOFReport
@@ -40,6 +59,8 @@ logger = logging.getLogger(__name__)
 #: the columns a kept table holds per case (metrics may be null: undefined, or not recorded)
 COLUMNS = ("case_id", "source", "fold", "whole_dsc", "lesion_dsc", "whole_nsd2", "lesion_nsd2", "whole_hd95",
            "lesion_hd95", "gt_subtype", "pred_subtype", "pancreas_ml")
+#: columns kept when the report has them (reference and predicted lesion volume, mL)
+OPTIONAL_COLUMNS = (REF_KEY, PRED_KEY)
 #: the metrics a paired comparison reports
 PAIRED_KEYS = ("whole_dsc", "lesion_dsc")
 
@@ -100,7 +121,8 @@ def keep(oof_json: str | Path, *, model: str, command: str, note: str = "") -> C
     data = json.loads(Path(oof_json).read_text())
     if "cases" not in data:
         raise ValueError(f"{oof_json} has no 'cases'; expected the oof.json of `pancreas oof`")
-    cases = [{c: _clean(r.get(c)) for c in COLUMNS} for r in data["cases"]]
+    cases = [{c: _clean(r.get(c)) for c in (*COLUMNS, *OPTIONAL_COLUMNS) if c in COLUMNS or c in r}
+             for r in data["cases"]]
     return CaseTable(model, command, sorted(cases, key=lambda r: (r["source"], r["case_id"])), note)
 
 
@@ -193,6 +215,86 @@ def plot_pairs(results: list[tuple[str, dict[str, Any], CaseTable, CaseTable]], 
     plt.close(fig)
 
 
+def with_lesion_volumes(table: CaseTable, labels: str | Path, source: str = "real") -> CaseTable:
+    """``table`` with ``lesion_ml_ref`` filled in, from the masks in ``labels``, for its ``source`` cases that
+    lack it.
+
+    Raises:
+        ValueError: a case to fill has no mask in ``labels``.
+    """
+    todo = {r["case_id"] for r in table.cases if r["source"] == source and r.get(REF_KEY) is None}
+    if not todo:
+        return table
+    volumes = reference_volumes_ml(labels)
+    missing = sorted(todo - set(volumes))
+    if missing:
+        raise ValueError(f"{len(missing)} {source} case(s) have no mask in {labels}: {missing[:5]}")
+    cases = [{**r, REF_KEY: volumes[r["case_id"]]} if r["source"] == source and r["case_id"] in todo else r
+             for r in table.cases]
+    return CaseTable(table.model, table.command, cases, table.note, table.extra)
+
+
+def population_volumes(masks: str | Path, subtype: int | None = None) -> list[float]:
+    """Lesion volumes (mL) of the masks in ``masks``; with ``subtype``, only quiz masks of that subtype
+    (``quiz_{subtype}_NNN``, or a ``subtype{k}`` folder)."""
+    volumes = reference_volumes_ml(masks)
+    if subtype is None:
+        return list(volumes.values())
+    _, folder_subtypes = discover_reference(masks)
+
+    def subtype_of(case: str) -> int | None:
+        match = QUIZ_MASK.match(case)
+        return folder_subtypes.get(case, int(match.group(1)) if match else None)
+
+    out = [v for c, v in volumes.items() if subtype_of(c) == subtype]
+    if not out:
+        raise ValueError(f"no mask of subtype {subtype} in {masks}")
+    return out
+
+
+def sizes_page(table: CaseTable, *, source: str = "real", edges: Sequence[float] = SIZE_EDGES_ML,
+               population_ml: Sequence[float] | None = None, population: str = "population") -> str:
+    """The markdown of a table's lesion DSC by true lesion volume (cases of ``source``)."""
+    rows = [r for r in table.cases if r["source"] == source]
+    if not any(r.get(REF_KEY) is not None for r in rows):
+        raise ValueError(f"no {source} case of {table.model!r} has {REF_KEY}: pass the reference masks (--labels)")
+    strata = size_strata(rows, edges)
+    return (f"{table.model}, {source} cases:\n\n"
+            + strata_markdown(strata, population_ml, population=population) + "\n")
+
+
+def plot_sizes(table: CaseTable, path: Path, *, source: str = "real", edges: Sequence[float] = SIZE_EDGES_ML,
+               found_dsc: float = FOUND_DSC) -> Path:
+    """Lesion DSC against true lesion volume (log scale) per case, with the bin edges and each bin's mean."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in table.cases if r["source"] == source and r.get(REF_KEY) and r["lesion_dsc"] is not None]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    ax.scatter([r[REF_KEY] for r in rows], [r["lesion_dsc"] for r in rows], s=16, alpha=0.7,
+               label=f"{source} cases ({len(rows)})")
+    for b in size_strata(rows, edges, found_dsc):
+        if b.n:
+            hi = b.high_ml if math.isfinite(b.high_ml) else max(r[REF_KEY] for r in rows) * 1.2
+            lo = b.low_ml if b.low_ml > 0 else min(r[REF_KEY] for r in rows) / 1.2
+            ax.hlines(b.lesion_dsc, lo, hi, color="C1", lw=2)
+    for edge in edges:
+        ax.axvline(edge, color="grey", lw=0.6, ls=":")
+    ax.axhline(found_dsc, color="C3", lw=0.8, ls="--", label=f"found: DSC >= {found_dsc:g}")
+    ax.plot([], [], color="C1", lw=2, label="bin mean")
+    ax.set(xscale="log", ylim=(-0.02, 1), xlabel="true lesion volume (mL)", ylabel="lesion DSC",
+           title=f"{table.model[:70]}" + ("..." if len(table.model) > 70 else ""))
+    ax.title.set_fontsize(8)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def compare_page(spec: dict[str, Any], root: Path, out: Path) -> str:
     """The markdown page of every pair in ``spec`` (and its plot next to it)."""
     header = ("| pair | data | cases (folds) | " + " | ".join(
@@ -244,6 +346,18 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--spec", type=Path, required=True)
     c.add_argument("--out", type=Path, default=Path("benchmarks/results/real-quiz-candidates.md"))
     c.add_argument("--root", type=Path, default=Path("."), help="table paths in the spec are relative to this")
+    z = sub.add_parser("sizes", help="lesion DSC and found rate by true lesion volume, optionally re-weighted to "
+                                     "another set's lesion sizes")
+    z.add_argument("table", type=Path)
+    z.add_argument("--labels", type=Path, help="reference masks for the cases that lack lesion_ml_ref "
+                                               "(a quiz split folder or a flat folder of masks)")
+    z.add_argument("--source", default="real", help="which cases to group (%(default)s)")
+    z.add_argument("--population", type=Path, help="masks whose lesion sizes to re-weight to")
+    z.add_argument("--population-subtype", type=int, help="only the population's masks of this subtype")
+    z.add_argument("--edges", default=",".join(f"{e:g}" for e in SIZE_EDGES_ML), help="bin edges, mL (%(default)s)")
+    z.add_argument("--write", action="store_true", help="save the filled-in volumes into the table")
+    z.add_argument("--out", type=Path, help="also write the markdown here")
+    z.add_argument("--plot", type=Path, help="draw lesion DSC against true lesion volume into this PNG")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.cmd == "keep":
@@ -257,11 +371,46 @@ def main(argv: list[str] | None = None) -> int:
         metrics["recipe_cv_table"] = args.table.as_posix()  # where the per-case figures are kept
         path = args.out
         path.write_text(json.dumps(metrics, indent=1) + "\n")
+    elif args.cmd == "sizes":
+        return _sizes(args)
     else:
         path = args.out
         compare_page(json.loads(args.spec.read_text()), args.root, path)
     logger.info("wrote %s", path)
     return 0
+
+
+def _sizes(args: argparse.Namespace) -> int:
+    try:
+        edges = check_edges([float(e) for e in args.edges.split(",") if e.strip()])
+    except ValueError as exc:
+        raise SystemExit(f"--edges: {exc}") from exc
+    try:
+        text = _sizes_text(args, edges)
+    except (ValueError, DatasetError) as exc:
+        raise SystemExit(f"sizes: {exc}") from exc
+    sys.stdout.write(text)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+    return 0
+
+
+def _sizes_text(args: argparse.Namespace, edges: tuple[float, ...]) -> str:
+    table = CaseTable.read(args.table)
+    if args.labels is not None:
+        table = with_lesion_volumes(table, args.labels, args.source)
+        if args.write:
+            table.write(args.table)
+            logger.info("wrote the lesion volumes into %s", args.table)
+    population = None
+    if args.population is not None:
+        population = population_volumes(args.population, args.population_subtype)
+    name = (f"{args.population}" + (f" (subtype {args.population_subtype})"
+                                     if args.population_subtype is not None else "")) if population else ""
+    if args.plot is not None:
+        plot_sizes(table, args.plot, source=args.source, edges=edges)
+    return sizes_page(table, source=args.source, edges=edges, population_ml=population, population=name)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from pancreas import LABELS, SUBTYPES
 from pancreas.errors import DatasetError
+from pancreas.lesion_size import PRED_KEY, REF_KEY, size_strata, strata_dicts, strata_markdown
 from pancreas.metrics import CONVENTIONS, accuracy, confusion, macro_f1, per_class_f1, segmentation_metrics
 from pancreas.nifti import canonicalize, read_image
 from pancreas.quiz import NII, SUBTYPE_CSV, TRAIN_SPLITS, case_id_of, is_image, read_subtype_csv, subtype_dirs
@@ -185,7 +186,23 @@ def score_case(pred_path: Path | None, gt_path: Path, tolerance_mm: float = 2.0)
         pred, gt, spacing = _align(pred_image, pred, gt_image, gt, (pred_path, gt_path))
     row: dict[str, Any] = {"case_id": case_id_of(gt_path.name), "prediction_missing": pred_path is None}
     row.update(segmentation_metrics(pred, gt, spacing, tolerance_mm))
+    row[REF_KEY], row[PRED_KEY] = lesion_ml(gt, spacing), lesion_ml(pred, spacing)
     return row
+
+
+def lesion_ml(labels: np.ndarray, spacing: tuple[float, ...]) -> float:
+    """Volume (mL) of label 2 in ``labels`` with voxel size ``spacing`` (mm, any axis order)."""
+    return float(np.count_nonzero(labels == LABELS["lesion"]) * np.prod(spacing) / 1000.0)
+
+
+def reference_volumes_ml(gt_dir: str | Path) -> dict[str, float]:
+    """Lesion volume (mL) of every reference mask in ``gt_dir`` (the layouts :func:`discover_reference` reads)."""
+    references, _ = discover_reference(gt_dir)
+    out = {}
+    for case, path in tqdm(sorted(references.items()), desc="lesion volumes", unit="mask", disable=None):
+        image, labels = _read_mask(path)
+        out[case] = lesion_ml(labels, tuple(image.GetSpacing()))
+    return out
 
 
 def _mean(values: list[float]) -> float | None:
@@ -228,7 +245,8 @@ class EvaluationReport:
     def write_per_case_csv(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        columns = ["case_id", *SEGMENTATION_KEYS, "prediction_missing", "gt_subtype", "pred_subtype"]
+        columns = ["case_id", *SEGMENTATION_KEYS, REF_KEY, PRED_KEY, "prediction_missing", "gt_subtype",
+                   "pred_subtype"]
         with path.open("w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
             writer.writeheader()
@@ -264,6 +282,9 @@ class EvaluationReport:
                 f"(n={sub['n_cases']}, missing {len(sub['missing'])})"
             )
             lines.append("confusion (rows true 0/1/2, cols predicted): " + str(sub["confusion"]))
+        strata = size_strata(self.per_case)
+        if any(b.n for b in strata):
+            lines += ["lesion DSC by true lesion volume:", strata_markdown(strata)]
         return "\n".join(lines)
 
 
@@ -302,6 +323,7 @@ def summarize_rows(rows: list[dict[str, Any]], missing: list[str], extra: list[s
     for region in ("whole", "lesion"):
         summary[f"{region}_hd95_undefined"] = sum(math.isnan(r[f"{region}_hd95"]) for r in rows)
     summary["missing_predictions"], summary["extra_predictions"] = missing, extra
+    summary["lesion_size"] = strata_dicts(size_strata(rows))
     return summary
 
 

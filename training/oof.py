@@ -27,6 +27,7 @@ from pancreas.bundle import Bundle
 from pancreas.engine import Engine, EngineConfig, Prediction
 from pancreas.errors import DatasetError
 from pancreas.evaluation import SEGMENTATION_KEYS, jsonable, score_case, summarize_rows
+from pancreas.lesion_size import size_strata, strata_markdown
 from pancreas.metrics import macro_f1
 from pancreas.nifti import read_volume
 from pancreas.quiz import image_name, mask_name
@@ -79,6 +80,10 @@ class OOFReport:
         lines += ["", "Subtype (out-of-fold):", ""]
         for source, s in self.summary().items():
             lines.append(f"- {source}: {describe_subtypes(s['subtype'])}")
+        for source in sorted({r["source"] for r in self.rows}):
+            strata = size_strata([r for r in self.rows if r["source"] == source])
+            if any(b.n for b in strata):
+                lines += ["", f"Lesion DSC by true lesion volume ({source}, out-of-fold):", "", strata_markdown(strata)]
         header = ("| case | source | fold | whole DSC | lesion DSC | whole NSD@2mm | whole HD95 mm | true subtype | "
                   "predicted | pancreas mL |")
         lines += ["", header, "| --- " * 10 + "|"]
@@ -91,7 +96,8 @@ class OOFReport:
     def bundle_metrics(self, prefix: str = "oof") -> dict[str, Any]:
         """Flat ``{source}_{prefix}_*`` means (and sds) to record in the bundle's metadata, per source:
         ``oof`` for the bundle's own fold models, ``recipe_cv`` for the folds of the recipe a bundle trained on
-        every case with (it has no held-out case of its own)."""
+        every case with (it has no held-out case of its own). Rows that know their true lesion volume add
+        ``{source}_{prefix}_lesion_by_size`` (:mod:`pancreas.lesion_size` bins)."""
         out: dict[str, Any] = {}
         for source, s in self.summary().items():
             for key in REPORT_KEYS:
@@ -99,6 +105,8 @@ class OOFReport:
                 out[f"{source}_{prefix}_{key}_sd"] = s["std"][key]
             out[f"{source}_{prefix}_n_cases"] = s["n_cases"]
             out[f"{source}_{prefix}_subtype"] = s["subtype"]
+            if any(b["n"] for b in s["lesion_size"]):  # rows that know their true lesion volume
+                out[f"{source}_{prefix}_lesion_by_size"] = s["lesion_size"]
         return jsonable(out)
 
     def write_rows(self, out: str | Path) -> Path:

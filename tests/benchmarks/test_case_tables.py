@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 
-from benchmarks.case_tables import CaseTable, compare_page, keep, merge, paired, recipe_cv_metrics
+from benchmarks.case_tables import CaseTable, compare_page, keep, main, merge, paired, recipe_cv_metrics
+from pancreas.testing import write_nifti
 
 
 def oof_row(case: str, fold: str, whole: float, lesion: float | None, source: str = "real") -> dict:
@@ -126,4 +128,62 @@ def test_recipe_cv_metrics_per_source_with_out_of_domain_subtypes() -> None:
     phantom = metrics["phantom_recipe_cv_subtype"]
     assert phantom["classifier_trained"] is True and phantom["recall"] == {"0": 1.0, "1": 0.0, "2": 1.0}
     assert metrics["recipe_cv_scope"] == "2 folds" and not any("_oof_" in k for k in metrics)
+    assert "real_recipe_cv_lesion_by_size" not in metrics  # no true lesion volumes in these rows
+    rows[0]["lesion_ml_ref"] = 2.0
+    by_size = recipe_cv_metrics(CaseTable("m", "c", rows), scored_sources=["phantom"],
+                                scope="2 folds")["real_recipe_cv_lesion_by_size"]
+    assert [(b["label"], b["n"], b["lesion_dsc"]) for b in by_size if b["n"]] == [("1-3 mL", 1, 0.2)]
     json.dumps(metrics, allow_nan=False)  # recordable in metadata.json as it is
+
+
+def lesion_mask(path, lesion_voxels: int) -> None:
+    """A real NIfTI mask (1 x 1 x 2 mm voxels): a pancreas block with ``lesion_voxels`` lesion voxels in it."""
+    m = np.zeros((10, 20, 20), dtype=np.float32)
+    m[1:9, 2:18, 2:18] = 1.0000153  # quiz masks store floats
+    m.reshape(-1)[np.flatnonzero(m.reshape(-1))[:lesion_voxels]] = 2
+    write_nifti(path, m, {"spacing": (1.0, 1.0, 2.0), "origin": (0.0, 0.0, 0.0), "direction": (1, 0, 0, 0, 1, 0, 0, 0, 1)})
+
+
+def test_sizes_reads_reference_volumes_and_reweights_to_a_population(tmp_path, capsys) -> None:
+    # three real cases of 0.5, 2 and 4 mL (250, 1000, 2000 voxels of 2 mm3); the phantom is not grouped
+    labels, population = tmp_path / "labels" / "subtype2", tmp_path / "masks"
+    for case, voxels in {"quiz_2_001": 250, "quiz_2_002": 1000, "quiz_2_003": 2000}.items():
+        lesion_mask(labels / f"{case}.nii.gz", voxels)
+    for case, voxels in {"quiz_2_010": 250, "quiz_2_011": 250, "quiz_2_012": 2000, "quiz_0_013": 1000}.items():
+        lesion_mask(population / f"{case}.nii.gz", voxels)
+    rows = [oof_row("quiz_2_001", "0", 0.7, 0.0), oof_row("quiz_2_002", "0", 0.8, 0.3),
+            oof_row("quiz_2_003", "1", 0.8, 0.7), oof_row("phantom_x", "1", 0.9, 0.9, source="phantom")]
+    table = CaseTable("m", "c", rows).write(tmp_path / "t.json")
+    assert main(["sizes", str(table), "--labels", str(labels.parent), "--population", str(population),
+                 "--population-subtype", "2", "--edges", "1,3", "--write", "--out", str(tmp_path / "s.md"),
+                 "--plot", str(tmp_path / "s.png")]) == 0
+    assert (tmp_path / "s.png").stat().st_size > 1000
+    out = capsys.readouterr().out
+    assert "| < 1 mL | 1 | 0.5 | 0.000 | 0% | 67% |" in out and "| 3 mL and over" not in out
+    assert "| >= 3 mL | 1 | 4.0 | 0.700 | 100% | 33% |" in out
+    # subtype-2 population: two lesions under 1 mL, one over 3 mL: (2 * 0.0 + 0.7) / 3
+    assert "(subtype 2) (3 lesions): 0.233" in out and (tmp_path / "s.md").read_text() == out
+    kept = CaseTable.read(table).by_case("real")
+    assert [kept[c]["lesion_ml_ref"] for c in sorted(kept)] == pytest.approx([0.5, 2.0, 4.0])
+    assert "lesion_ml_ref" not in CaseTable.read(table).by_case("phantom")["phantom_x"]
+    markdown = CaseTable.read(table).report(["phantom"]).markdown()  # the oof report groups them too
+    assert "Lesion DSC by true lesion volume (real, out-of-fold)" in markdown and "| 1-3 mL | 1 | 2.0 |" in markdown
+    assert "(phantom, out-of-fold)" not in markdown
+    assert main(["sizes", str(table)]) == 0  # the volumes are kept now: no masks needed
+
+
+def test_sizes_refusals(tmp_path) -> None:
+    labels = tmp_path / "labels"
+    lesion_mask(labels / "quiz_2_001.nii.gz", 10)
+    table = CaseTable("m", "c", [oof_row("quiz_2_001", "0", 0.7, 0.0), oof_row("quiz_2_009", "0", 0.7, 0.2)])
+    table.write(tmp_path / "t.json")
+    with pytest.raises(SystemExit, match="1 real case\\(s\\) have no mask .*quiz_2_009"):
+        main(["sizes", str(tmp_path / "t.json"), "--labels", str(labels)])
+    with pytest.raises(SystemExit, match="pass the reference masks"):
+        main(["sizes", str(tmp_path / "t.json")])
+    with pytest.raises(SystemExit, match="--edges"):
+        main(["sizes", str(tmp_path / "t.json"), "--edges", "3,1"])
+    with pytest.raises(SystemExit, match="no mask of subtype 1"):
+        main(["sizes", str(tmp_path / "t.json"), "--population", str(labels), "--population-subtype", "1"])
+    with pytest.raises(SystemExit, match="does not exist"):
+        main(["sizes", str(tmp_path / "t.json"), "--labels", str(tmp_path / "nowhere")])

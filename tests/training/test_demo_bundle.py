@@ -52,6 +52,7 @@ def test_recorded_real_estimate_is_its_kept_per_case_table() -> None:
     for key, value in numbers.items():
         assert metrics[key] == pytest.approx(value, abs=1e-6), key
     assert metrics["real_recipe_cv_subtype"] == again["real_recipe_cv_subtype"]
+    assert metrics["real_recipe_cv_lesion_by_size"] == again["real_recipe_cv_lesion_by_size"]  # what it misses
 
 
 def test_recorded_per_case_table_gives_the_recorded_metrics() -> None:

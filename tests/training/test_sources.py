@@ -170,6 +170,8 @@ def test_bundle_training_data_and_oof(mixed_run, tmp_path) -> None:
     assert "out-of-domain" in report.markdown()
     for row in report.rows:
         assert 0.0 <= row["whole_dsc"] <= 1.0
+        assert row["lesion_ml_ref"] > 0 and row["lesion_ml_pred"] >= 0  # every phantom has a lesion
+    assert "Lesion DSC by true lesion volume (phantom, out-of-fold)" in report.markdown()
     text = (tmp_path / "oof" / "oof.md").read_text()
     assert "| real |" in text and "| phantom |" in text
     assert (tmp_path / "oof" / "oof_dsc.png").stat().st_size > 1000

@@ -202,3 +202,23 @@ def test_prediction_on_reoriented_grid(gt: Path, tmp_path: Path) -> None:
     _write(pred / "quiz_0_001.nii.gz", perturbed[:, :, ::-1].copy(), flipped)
     row = next(r for r in evaluate_folders(pred, gt).per_case if r["case_id"] == "quiz_0_001")
     assert row["whole_dsc"] == pytest.approx(6 / 7) and row["whole_hd95"] == pytest.approx(2.0)
+
+
+def test_lesion_volumes_and_size_strata(gt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pred = _copy_predictions(gt, tmp_path / "pred")
+    missed = _mask()
+    missed[missed == 2] = 1  # the lesion called pancreas: not found
+    _write(pred / "quiz_2_003.nii.gz", missed, HEADERS["quiz_2_003"])
+    report = tmp_path / "report.json"
+    assert main(["evaluate", "--pred", str(pred), "--gt", str(gt), "--out", str(report)]) == 0
+    data = json.loads(report.read_text())
+    rows = {r["case_id"]: r for r in data["per_case"]}
+    # the lesion is 2x2x2 voxels of 1 x 1 x 2 mm: 16 mm3 = 0.016 mL, in every reference
+    assert [r["lesion_ml_ref"] for r in rows.values()] == pytest.approx([0.016] * 3)
+    assert rows["quiz_2_003"]["lesion_ml_pred"] == 0.0 and rows["quiz_0_001"]["lesion_ml_pred"] == pytest.approx(0.016)
+    small = data["summary"]["lesion_size"][0]
+    assert (small["label"], small["n"]) == ("< 1 mL", 3)
+    assert small["lesion_dsc"] == pytest.approx(2 / 3) and small["found"] == pytest.approx(2 / 3)
+    assert all(b["n"] == 0 for b in data["summary"]["lesion_size"][1:])
+    printed = capsys.readouterr().out
+    assert "lesion DSC by true lesion volume" in printed and "| < 1 mL | 3 | 0.0 | 0.667 | 67% |" in printed
