@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pancreas.bundle import Bundle
 from pancreas.errors import BundleError, DatasetError
 from pancreas.evaluation import label_array
+from pancreas.lesion_size import found_below
 from pancreas.nifti import Volume, orientation_of, read_image, read_volume
 
 logger = logging.getLogger(__name__)
@@ -42,7 +43,13 @@ WARNING_CODES: dict[str, str] = {
     "spacing": "the voxel spacing is outside the range seen in training on some axis",
     "pancreas_volume": "the predicted pancreas volume is outside the plausible range",
     "empty_pancreas": "no pancreas was predicted",
+    "small_lesion": "no lesion, or only a small one, was predicted: small lesions are the ones the model misses",
 }
+
+#: Metrics keys whose lesion-by-size bins (:mod:`pancreas.lesion_size`) back the ``small_lesion`` warning, best
+#: first, with the data they were measured on.
+LESION_SENSITIVITY_KEYS = (("real_recipe_cv_lesion_by_size", "its recipe's fold models, out of fold on real CT"),
+                           ("real_oof_lesion_by_size", "its fold models, out of fold on real CT"))
 
 #: Plausible predicted pancreas volume (labels 1 and 2, mL) when a bundle records no range. The real quiz
 #: masks measure 28-682 mL incl. lesion (adult pancreas alone is typically 50-100 mL; the top of the range
@@ -110,12 +117,26 @@ class Tolerance(_Frozen):
     axis (1.5: a crop drawn a bit more generously is fine, a whole abdomen is not). ``spacing``: relative
     margin around the trained spacing range (0.25: 3 mm slices trained means up to 3.75 mm passes).
     ``pancreas_ml``: relative margin around the recorded pancreas-volume range (not applied to
-    :data:`DEFAULT_PANCREAS_ML`, which already is a generous range).
+    :data:`DEFAULT_PANCREAS_ML`, which already is a generous range). ``small_lesion_ml``: warn when the
+    predicted lesion is smaller (0 included) than this; 0 turns the warning off. 3 mL: out of fold the demo
+    recipe found 45 of 47 real lesions of 3 mL and more and 2 of 13 under it
+    (``benchmarks/results/real-quiz.md``).
     """
 
     fov_factor: float = Field(default=1.5, ge=1.0)
     spacing: float = Field(default=0.25, ge=0.0)
     pancreas_ml: float = Field(default=0.25, ge=0.0, lt=1.0)
+    small_lesion_ml: float = Field(default=3.0, ge=0.0)
+
+
+class LesionSensitivity(_Frozen):
+    """How many real lesions under ``below_ml`` the model (or its recipe) found when they were held out;
+    ``data`` says who found them, on what."""
+
+    below_ml: float = Field(gt=0)
+    found: int = Field(ge=0)
+    n: int = Field(gt=0)
+    data: str
 
 
 class InputDomain(_Frozen):
@@ -128,6 +149,20 @@ class InputDomain(_Frozen):
     pancreas_ml: VolumeRange | None = None
     n_cases: int | None = None
     tolerance: Tolerance = Field(default_factory=Tolerance)
+    lesion_sensitivity: LesionSensitivity | None = None
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle) -> InputDomain:
+        """A bundle's domain (an empty one when it records none), with the small-lesion sensitivity its
+        metrics record (:data:`LESION_SENSITIVITY_KEYS`)."""
+        domain = cls.from_training_data(bundle.metadata.training_data) or cls()
+        limit = domain.tolerance.small_lesion_ml
+        for key, data in LESION_SENSITIVITY_KEYS:
+            counts = found_below(bundle.metadata.metrics.get(key) or [], limit) if limit > 0 else None
+            if counts is not None:
+                sensitivity = LesionSensitivity(below_ml=limit, found=counts[0], n=counts[1], data=data)
+                return domain.model_copy(update={"lesion_sensitivity": sensitivity})
+        return domain
 
     @classmethod
     def from_training_data(cls, training_data: Mapping[str, Any]) -> InputDomain | None:
@@ -184,12 +219,16 @@ class InputDomain(_Frozen):
         return self.pancreas_ml.min * (1 - tol), self.pancreas_ml.max * (1 + tol)
 
     def check_prediction(self, volumes_ml: Mapping[str, float]) -> list[InputWarning]:
-        """Warnings about the result: no pancreas, or a pancreas volume outside the plausible range."""
+        """Warnings about the result: no pancreas, a pancreas volume outside the plausible range, no lesion or
+        a small one."""
         ml = float(volumes_ml.get("pancreas", 0.0))
         if ml <= 0:
             return [InputWarning("empty_pancreas", (
                 "no pancreas was found (predicted pancreas volume 0 mL): check that the CT covers the "
                 "pancreas and holds Hounsfield units"))]
+        return self._check_pancreas_ml(ml) + self._check_lesion_ml(float(volumes_ml.get("lesion", 0.0)))
+
+    def _check_pancreas_ml(self, ml: float) -> list[InputWarning]:
         lo, hi = self.plausible_pancreas_ml()
         source = (f"training masks {self.pancreas_ml.min:.0f}-{self.pancreas_ml.max:.0f} mL, "
                   f"+-{self.tolerance.pancreas_ml:.0%}") if self.pancreas_ml is not None else "anatomical default"
@@ -200,6 +239,18 @@ class InputDomain(_Frozen):
         return [InputWarning("pancreas_volume", (
             f"predicted pancreas volume {ml:.1f} mL is outside the plausible range {lo:.0f}-{hi:.0f} mL "
             f"({source}): {why}; check the mask"))]
+
+    def _check_lesion_ml(self, ml: float) -> list[InputWarning]:
+        limit = self.tolerance.small_lesion_ml
+        if ml >= limit:
+            return []
+        seen = self.lesion_sensitivity
+        evidence = (f"{seen.data}, found {seen.found} of {seen.n} lesions under {seen.below_ml:g} mL"
+                    if seen is not None else "small lesions are the ones such models miss")
+        what = "no lesion was predicted" if ml <= 0 else f"the predicted lesion is {ml:.2f} mL"
+        return [InputWarning("small_lesion", (
+            f"{what}, under {limit:g} mL, where this model is unreliable: {evidence}; a small lesion may be "
+            "missed or mis-sized, and the subtype rests on little lesion evidence"))]
 
 
 def _mm(values: Sequence[float], digits: int) -> str:

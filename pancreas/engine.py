@@ -95,7 +95,7 @@ class Engine:
         self.window = WindowConfig(patch_size=tuple(backend.patch_size), step_size=config.step_size,
                                    batch_size=config.batch_size, tta=tta_enabled(bundle.metadata.inference, config),
                                    progress=config.progress)
-        self.domain = InputDomain.from_training_data(bundle.metadata.training_data) or InputDomain()
+        self.domain = InputDomain.from_bundle(bundle)
         self.post = post_config(bundle.metadata.inference, config, self.domain)
         self.class_weights = class_weights(bundle.metadata.inference, config, bundle.metadata.network.num_seg_classes)
         #: multi-scale TTA: target-spacing factors, one pass each (``(1.0,)``: the plans' grid only)

@@ -89,6 +89,18 @@ def size_adjusted(strata: Sequence[SizeBin], population_ml: Sequence[float]) -> 
     return float(sum(c * b.lesion_dsc for c, b in zip(counts, strata, strict=True) if c) / counts.sum())
 
 
+def found_below(bins: Sequence[Mapping[str, Any]], limit_ml: float) -> tuple[int, int] | None:
+    """``(found, n)``: how many of the lesions in recorded bins (:func:`strata_dicts` output) wholly under
+    ``limit_ml`` were found; ``None`` when no such bin holds a case or the bins are malformed."""
+    try:
+        under = [b for b in bins if b["high_ml"] is not None and float(b["high_ml"]) <= limit_ml and int(b["n"])]
+        if not under:
+            return None
+        return sum(round(float(b["found"]) * int(b["n"])) for b in under), sum(int(b["n"]) for b in under)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def strata_dicts(strata: Sequence[SizeBin]) -> list[dict[str, Any]]:
     """JSON-ready bins (for reports)."""
     return [{**asdict(b), "high_ml": None if math.isinf(b.high_ml) else b.high_ml, "label": b.label}

@@ -44,7 +44,7 @@ def test_warning_codes_are_the_defined_ones() -> None:
     assert InputWarning("fov", "m").to_json() == {"code": "fov", "message": "m"}
     with pytest.raises(ValueError, match="unknown warning code 'nope'"):
         InputWarning("nope", "m")
-    assert set(WARNING_CODES) == {"fov", "spacing", "pancreas_volume", "empty_pancreas"}
+    assert set(WARNING_CODES) == {"fov", "spacing", "pancreas_volume", "empty_pancreas", "small_lesion"}
 
 
 def test_from_training_data_round_trip() -> None:
@@ -157,7 +157,7 @@ def test_without_a_domain_inputs_are_not_judged() -> None:
     (DEFAULT_PANCREAS_ML[1] + 50, "pancreas_volume", "leaked"),
 ])
 def test_pancreas_volume_default_range(ml: float, code: str | None, phrase: str | None) -> None:
-    found = InputDomain().check_prediction({"pancreas": ml, "lesion": 0.0})
+    found = InputDomain().check_prediction({"pancreas": ml, "lesion": 10.0})
     assert codes(found) == ([code] if code else [])
     if code == "pancreas_volume":
         assert f"{ml:.1f} mL" in found[0].message and "20-700 mL (anatomical default)" in found[0].message
@@ -168,10 +168,50 @@ def test_pancreas_volume_default_range(ml: float, code: str | None, phrase: str 
 @pytest.mark.parametrize("ml,warned", [(29.0, True), (30.0, False), (150.0, False), (151.0, True)])
 def test_pancreas_volume_recorded_range(ml: float, warned: bool) -> None:
     domain = InputDomain.model_validate({"pancreas_ml": CROPS["pancreas_ml"]})  # 40-120 mL, +-25 %
-    found = domain.check_prediction({"pancreas": ml})
+    found = domain.check_prediction({"pancreas": ml, "lesion": 10.0})
     assert codes(found) == (["pancreas_volume"] if warned else [])
     if warned:
         assert "range 30-150 mL (training masks 40-120 mL, +-25%)" in found[0].message
+
+
+@pytest.mark.parametrize("ml,phrase", [(0.0, "no lesion was predicted, under 3 mL"),
+                                       (1.234, "the predicted lesion is 1.23 mL, under 3 mL"),
+                                       (3.0, None), (12.0, None)])
+def test_small_lesion_warning(ml: float, phrase: str | None) -> None:
+    found = InputDomain().check_prediction({"pancreas": 70.0, "lesion": ml})
+    assert codes(found) == (["small_lesion"] if phrase else [])
+    if phrase:
+        assert phrase in found[0].message and "small lesions are the ones such models miss" in found[0].message
+    off = InputDomain.model_validate({"tolerance": {"small_lesion_ml": 0.0}})
+    assert off.check_prediction({"pancreas": 70.0, "lesion": ml}) == []
+    empty = InputDomain().check_prediction({"pancreas": 0.0, "lesion": ml})
+    assert codes(empty) == ["empty_pancreas"]  # no gland: its own warning says it all
+
+
+def test_small_lesion_warning_quotes_the_recorded_sensitivity(tiny_bundle: Bundle) -> None:
+    """The demo bundle records its recipe's out-of-fold lesion bins; the warning quotes those under 3 mL."""
+    demo = InputDomain.from_bundle(Bundle.load(default_bundle_path()))
+    bins = Bundle.load(default_bundle_path()).metadata.metrics["real_recipe_cv_lesion_by_size"]
+    under = [b for b in bins if b["high_ml"] is not None and b["high_ml"] <= 3.0]
+    seen = demo.lesion_sensitivity
+    assert seen is not None and seen.n == sum(b["n"] for b in under) > 0
+    assert seen.found == round(sum(b["found"] * b["n"] for b in under))
+    message = demo.check_prediction({"pancreas": 70.0, "lesion": 0.0})[0].message
+    assert (f"its recipe's fold models, out of fold on real CT, found {seen.found} of {seen.n} lesions under 3 mL"
+            in message)
+    assert InputDomain.from_bundle(tiny_bundle).lesion_sensitivity is None  # records no such metric
+    wider = InputDomain.model_validate({"tolerance": {"small_lesion_ml": 5.0}})  # a bundle's own limit
+    assert codes(wider.check_prediction({"pancreas": 70.0, "lesion": 4.0})) == ["small_lesion"]
+
+
+def test_lesion_bins_that_do_not_parse_are_ignored() -> None:
+    from pancreas.lesion_size import found_below
+
+    assert found_below([{"high_ml": 1.0, "n": 4, "found": 0.25}, {"high_ml": 3.0, "n": 2, "found": 0.5},
+                        {"high_ml": None, "n": 9, "found": 1.0}], 3.0) == (2, 6)
+    assert found_below([{"high_ml": 1.0, "n": 0, "found": None}], 3.0) is None
+    assert found_below([{"high_ml": "x", "n": 1, "found": 1}], 3.0) is None
+    assert found_below([{"n": 1}], 3.0) is None
 
 
 # ---- bundles and engines ---------------------------------------------------------------------------------
@@ -203,6 +243,7 @@ def test_engine_warns_from_its_bundle_domain(demo_copy: Path, with_domain, tmp_p
         assert ("fov" in codes(pred.warnings)) is expect_fov, pred.warnings
         assert "spacing" not in codes(pred.warnings)
         assert pred.warnings == engine.domain.check(read_volume(crop), pred.volumes_ml)
+        assert engine.domain.lesion_sensitivity is not None  # from the demo bundle's recorded lesion bins
 
 
 @pytest.mark.usefixtures("few_threads")
