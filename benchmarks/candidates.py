@@ -28,7 +28,9 @@ BASELINE = "nnunet-default"
 NO_TTA = "nnunet-no-tta"
 #: recipes that run on CPU only when --candidates names them, and why
 CPU_OPT_IN: dict[str, str] = {"torch-compiled-fp32-c2f": "torch.compile takes minutes on a small CPU",
-                              "torch-fp32-tta": "8 mirrored passes; ort-fp32-tta is the default mirrored row"}
+                              "torch-fp32-tta": "8 mirrored passes; ort-fp32-tta is the default mirrored row",
+                              "torch-fp32-tta-x": "a speed/accuracy trade-off: one mirrored axis",
+                              "torch-bf16-tta-x": "a speed/accuracy trade-off: one mirrored axis"}
 
 
 @dataclass(frozen=True)
@@ -113,9 +115,9 @@ def _nnunet(mirroring: bool) -> Recipe:
 
 def _engine(name: str, backend: str, precision: str, artifact: str, *, compile: bool = False,
             coarse_to_fine: bool = True, needs: str | None = None, tta: bool = False,
-            one_scale: bool = False) -> Recipe:
+            one_scale: bool = False, mirror_axes: tuple[int, ...] | None = None) -> Recipe:
     """An engine row; ``one_scale`` runs the plans' grid only where the bundle records multi-scale TTA (the
-    other rows follow the bundle's ``inference.scales``)."""
+    other rows follow the bundle's ``inference.scales``); ``mirror_axes`` flips only those axes with TTA."""
     def recipe(bundle: Bundle, env: Environment) -> tuple[str, str, dict[str, Any]] | str:
         if one_scale and len(bundle.metadata.inference.get("scales", [1.0])) < 2:
             return "the bundle records no multi-scale TTA (every row runs one scale)"
@@ -134,6 +136,8 @@ def _engine(name: str, backend: str, precision: str, artifact: str, *, compile: 
                    "coarse_to_fine": coarse_to_fine, "compile": compile}
         if one_scale:
             options["scales"] = [1.0]
+        if mirror_axes is not None:
+            options["mirror_axes"] = list(mirror_axes)
         return name, "engine", options
     return recipe
 
@@ -156,6 +160,9 @@ RECIPES: tuple[tuple[str, Recipe], ...] = (
     # with mirroring TTA, as nnunet-default mirrors (and as a bundle recording inference.tta runs by default)
     ("ort-fp32-tta", _engine("ort-fp32-tta", "onnxruntime", "fp32", "onnx", coarse_to_fine=False, tta=True)),
     ("torch-fp32-tta", _engine("torch-fp32-tta", "torch", "fp32", "torch", coarse_to_fine=False, tta=True)),
+    # mirroring only the last network axis (x for these plans): 2 passes per patch instead of 8
+    ("torch-fp32-tta-x", _engine("torch-fp32-tta-x", "torch", "fp32", "torch", coarse_to_fine=False, tta=True,
+                                 mirror_axes=(2,))),
     # bf16 autocast (a bundle's `pancreas optimize --recipe bf16`): GPUs and CPUs with native bf16 only
     ("torch-bf16", _engine("torch-bf16", "torch", "bf16", "torch", coarse_to_fine=False, needs="bf16")),
     ("torch-bf16-tta", _engine("torch-bf16-tta", "torch", "bf16", "torch", coarse_to_fine=False, tta=True,
@@ -163,6 +170,8 @@ RECIPES: tuple[tuple[str, Recipe], ...] = (
     # the same without the bundle's multi-scale TTA: what the extra scales cost and give
     ("torch-bf16-tta-1scale", _engine("torch-bf16-tta-1scale", "torch", "bf16", "torch", coarse_to_fine=False,
                                       tta=True, needs="bf16", one_scale=True)),
+    ("torch-bf16-tta-x", _engine("torch-bf16-tta-x", "torch", "bf16", "torch", coarse_to_fine=False, tta=True,
+                                 needs="bf16", mirror_axes=(2,))),
     ("ort-int8-c2f", _engine("ort-int8-c2f", "onnxruntime", "int8", "onnx")),
     ("ort-fp16-c2f", _engine("ort-fp16-c2f", "onnxruntime", "fp16", "onnx", needs="cuda")),
     ("tensorrt-fp16-c2f", _engine("tensorrt-fp16-c2f", "tensorrt", "fp16", "tensorrt", needs="tensorrt")),

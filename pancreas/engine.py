@@ -54,6 +54,7 @@ from pancreas.prediction import (
     post_config,
     predict_file,
     tta_enabled,
+    tta_mirror_axes,
     tta_scales,
     weighted_labels,
 )
@@ -94,6 +95,7 @@ class Engine:
             torch.backends.cudnn.benchmark = config.cudnn_benchmark
         self.window = WindowConfig(patch_size=tuple(backend.patch_size), step_size=config.step_size,
                                    batch_size=config.batch_size, tta=tta_enabled(bundle.metadata.inference, config),
+                                   mirror_axes=tta_mirror_axes(bundle.metadata.inference, config),
                                    progress=config.progress)
         self.domain = InputDomain.from_bundle(bundle)
         self.post = post_config(bundle.metadata.inference, config, self.domain)
@@ -122,7 +124,7 @@ class Engine:
                 "precision": self.backend.precision, "device": self.backend.device,
                 "patch_size": list(self.window.patch_size[1:] if self.plan.is_2d else self.window.patch_size),
                 "step_size": self.config.step_size,
-                "tta": self.window.tta, "scales": list(self.scales),
+                "tta": self.window.tta, "mirror_axes": list(self.window.mirror_axes), "scales": list(self.scales),
                 "folds": len(getattr(self.backend, "members", [self.backend])),
                 "configuration": meta.network.configuration, "coarse_to_fine": self.config.coarse_to_fine,
                 "postprocess": self.post is not None}

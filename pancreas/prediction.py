@@ -18,7 +18,7 @@ import torch
 
 from pancreas import LABELS
 from pancreas.domain import InputDomain, InputWarning
-from pancreas.engine_config import MAX_SCALE, EngineConfig, scales_ok
+from pancreas.engine_config import MAX_SCALE, MIRROR_AXES, EngineConfig, axes_ok, scales_ok
 from pancreas.errors import PancreasError
 from pancreas.nifti import Volume, read_volume
 from pancreas.postprocess import PostprocessConfig, postprocess
@@ -109,6 +109,19 @@ def tta_scales(inference: Mapping[str, Any], config: EngineConfig) -> tuple[floa
         raise PancreasError(f"scales {given!r}: need one or more target-spacing factors in (0, {MAX_SCALE:g}], "
                             "e.g. [1, 1.25]")
     return scales
+
+
+def tta_mirror_axes(inference: Mapping[str, Any], config: EngineConfig) -> tuple[int, ...]:
+    """The axes mirroring TTA flips: ``config.mirror_axes`` when set, else the bundle's
+    ``metadata.inference["mirror_axes"]`` (default all: nnU-Net's 8 passes per 3D patch)."""
+    given = config.mirror_axes if config.mirror_axes is not None else inference.get("mirror_axes", MIRROR_AXES)
+    try:
+        axes = tuple(given)
+    except TypeError:
+        axes = ()
+    if not axes_ok(axes):
+        raise PancreasError(f"mirror_axes {given!r}: need one or more distinct axes of {list(MIRROR_AXES)}, e.g. [2]")
+    return axes
 
 
 def class_weights(inference: Mapping[str, Any], config: EngineConfig, n_classes: int) -> np.ndarray | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 
 from pancreas.backends import DEVICES, PRECISIONS, backend_choices
-from pancreas.engine_config import scale_list
+from pancreas.engine_config import mirror_axis_list, scale_list
 from service.settings import Settings
 
 _FLAGS = {  # flag -> (Settings field, type, help; "{default}" is the Settings default)
@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scales", type=scale_list, default=None, metavar="F0,F1",
                         help="multi-scale test-time augmentation: one pass per target-spacing factor, e.g. 1,1.25 "
                              "(default: the bundle's metadata.inference.scales; 1 when unset)")
+    parser.add_argument("--mirror-axes", type=mirror_axis_list, default=None, metavar="A0,A1",
+                        help="network-input axes mirroring TTA flips, e.g. 2 (2 passes per patch instead of 8; "
+                             "default: the bundle's metadata.inference.mirror_axes; all when unset)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,5 +60,6 @@ def run(args: argparse.Namespace) -> int:
                  for flag, (field, _kind, _text) in _FLAGS.items()}
     overrides["tta"] = args.tta
     overrides["scales"] = args.scales
+    overrides["mirror_axes"] = args.mirror_axes
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     return serve(settings)

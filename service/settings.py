@@ -15,7 +15,7 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pancreas.backends import DEVICES, PRECISIONS, backend_choices
-from pancreas.engine_config import EngineConfig, scale_list
+from pancreas.engine_config import MIRROR_AXES, EngineConfig, axes_ok, mirror_axis_list, scale_list
 from pancreas.grid import GridLimits
 
 #: Engine defaults: every inference field below takes its default from here, and :meth:`Settings.engine_config`
@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     #: Multi-scale TTA, target-spacing factors (``PANCREAS_SCALES=1,1.25``); None (``auto``) follows the bundle's
     #: ``metadata.inference["scales"]``; ``1`` runs the plans' grid only.
     scales: tuple[float, ...] | None = _ENGINE.scales
+    #: The network-input axes mirroring TTA flips (``PANCREAS_MIRROR_AXES=2``: 2 passes per patch instead of 8);
+    #: None (``auto``) follows the bundle's ``metadata.inference["mirror_axes"]`` (all axes when unset).
+    mirror_axes: tuple[int, ...] | None = _ENGINE.mirror_axes
     coarse_to_fine: bool = _ENGINE.coarse_to_fine
     postprocess: bool = _ENGINE.postprocess
     compile: bool = _ENGINE.compile
@@ -96,6 +99,17 @@ class Settings(BaseSettings):
         if not isinstance(value, str):
             return value
         return None if value.strip().lower() in ("", "auto") else scale_list(value.strip().strip("[]()"))
+
+    @field_validator("mirror_axes", mode="before")
+    @classmethod
+    def _mirror_axes_from_text(cls, value: object) -> object:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return mirror_axis_list(str(value))
+        if isinstance(value, (list, tuple)) and not axes_ok(tuple(value)):
+            raise ValueError(f"mirror axes {value!r}: distinct axes of {MIRROR_AXES}, e.g. [2]")
+        if not isinstance(value, str):
+            return value
+        return None if value.strip().lower() in ("", "auto") else mirror_axis_list(value.strip().strip("[]()"))
 
     @field_validator("api_key")
     @classmethod

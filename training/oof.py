@@ -275,7 +275,7 @@ def fold_fingerprints(bundle: Bundle, config: EngineConfig, engines: Mapping[str
         info = engine.info
         weights = engine.class_weights
         out[fold] = jsonable({"artifact_sha256": own.get(fold), "previous_sha256": previous.get(fold),
-                              **{k: info[k] for k in ("backend", "precision", "step_size", "tta", "scales")},
+                              **{k: info[k] for k in ("backend", "precision", "step_size", "tta", "scales", "mirror_axes")},
                               "postprocess": None if engine.post is None else asdict(engine.post),
                               "class_weights": None if weights is None else [float(w) for w in weights]})
     return out

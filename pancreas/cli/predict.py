@@ -11,7 +11,7 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from pancreas.backends import DEVICES, PRECISIONS, backend_choices
-    from pancreas.engine_config import EngineConfig, class_weight_list, scale_list
+    from pancreas.engine_config import EngineConfig, class_weight_list, mirror_axis_list, scale_list
 
     d = EngineConfig()
     parser.add_argument("-i", "--images", required=True, help="a .nii(.gz) file, a quiz split folder or a flat folder")
@@ -34,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scales", type=scale_list, default=None, metavar="F0,F1",
                         help="multi-scale test-time augmentation: one pass per factor on the target spacing, "
                              "probabilities averaged (default: the bundle's metadata.inference.scales; 1 when unset)")
+    parser.add_argument("--mirror-axes", type=mirror_axis_list, default=None, metavar="A0,A1",
+                        help="network-input axes mirroring TTA flips, every subset of them: 0,1,2 = 8 passes per "
+                             "patch, 2 = 2 passes (default: the bundle's metadata.inference.mirror_axes; all when unset)")
     parser.add_argument("--coarse-to-fine", action="store_true", help="low-resolution ROI pass first")
     parser.add_argument("--no-postprocess", action="store_true", help="skip largest-component/lesion cleanup")
     parser.add_argument("--compile", action="store_true", help="torch.compile the torch backend")
@@ -46,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = EngineConfig(backend=args.backend, device=args.device, precision=args.precision,
                           batch_size=args.batch_size, step_size=args.step_size, tta=args.tta,
-                          class_weights=args.class_weights, scales=args.scales,
+                          class_weights=args.class_weights, scales=args.scales, mirror_axes=args.mirror_axes,
                           coarse_to_fine=args.coarse_to_fine, postprocess=not args.no_postprocess,
                           compile=args.compile, num_threads=args.threads)
     from pancreas.bundle import default_bundle_path

@@ -214,3 +214,16 @@ def test_ort_rows_only_where_cuda_provider_runs() -> None:
     assert all(c.options["device"] == "cpu" for c in on_cpu)
     # one mirrored row, the like-for-like match of nnunet-default; every other row runs without TTA
     assert {c.name: c.options["tta"] for c in on_cpu if c.options["tta"]} == {"ort-fp32-tta": True}
+
+
+def test_one_mirrored_axis_rows_on_request(bundle) -> None:
+    """The one-axis mirroring rows run when --candidates names them (on a GPU always), with mirror_axes [2]."""
+    native = Environment(cuda=False, tensorrt=False, ort_cuda=False, cpu_bf16=True)
+    assert not [c for c in discover([bundle.root], env=native) if c.name.endswith("-tta-x")]
+    asked = {c.name: c.options for c in discover([bundle.root], env=native, patterns=["*-tta-x"])}
+    assert set(asked) == {"nnunet-default", "torch-fp32-tta-x", "torch-bf16-tta-x"}
+    assert asked["torch-fp32-tta-x"]["mirror_axes"] == [2] and asked["torch-fp32-tta-x"]["tta"]
+    gpu = Environment(cuda=True, tensorrt=False, ort_cuda=False)
+    assert {"torch-fp32-tta-x", "torch-bf16-tta-x"} <= {c.name for c in discover([bundle.root], env=gpu)}
+    runner = EngineRunner(bundle, {"backend": "torch", "device": "cpu", "tta": True, "mirror_axes": [2]})
+    assert runner.info["mirror_axes"] == [2]

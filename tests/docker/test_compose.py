@@ -215,6 +215,7 @@ def test_compose_settings_defaults_parse(services: dict[str, dict[str, Any]], mo
         assert settings.tta is None, f"{name}: PANCREAS_TTA={env['PANCREAS_TTA']!r} should follow the bundle"
         assert settings.engine_config().tta is None
         assert settings.scales is None and settings.engine_config().scales is None, f"{name}: scales follow the bundle"
+        assert settings.mirror_axes is None and settings.engine_config().mirror_axes is None, name
         monkeypatch.setenv("PANCREAS_TTA", "false")
         assert Settings().tta is False
         monkeypatch.setenv("PANCREAS_SCALES", "1,1.25")

@@ -53,6 +53,24 @@ def test_request_timeout(tiny_bundle, tmp_path):
     assert list((tmp_path / "t").iterdir()) == []
 
 
+def test_mirror_axes_setting_reads_axes_and_refuses_bad_ones(monkeypatch) -> None:
+    """``PANCREAS_MIRROR_AXES``: ``auto`` follows the bundle, ``2`` flips one axis; a bad axis is a clear error."""
+    from pydantic import ValidationError
+
+    for text, expected in (("auto", None), ("", None), ("2", (2,)), ("[1, 2]", (1, 2)), ("0,1,2", (0, 1, 2))):
+        monkeypatch.setenv("PANCREAS_MIRROR_AXES", text)
+        assert Settings().mirror_axes == expected, text
+        assert Settings().engine_config().mirror_axes == expected
+    for bad in ("3", "1,1", "x", "-1"):
+        monkeypatch.setenv("PANCREAS_MIRROR_AXES", bad)
+        with pytest.raises(ValidationError, match="mirror axes"):
+            Settings()
+    monkeypatch.delenv("PANCREAS_MIRROR_AXES")
+    assert Settings(mirror_axes=[1, 2]).engine_config().mirror_axes == (1, 2)  # what `pancreas serve` passes
+    with pytest.raises(ValidationError, match="mirror axes"):
+        Settings(mirror_axes=[5])
+
+
 def test_scales_setting_reads_factors_and_refuses_bad_ones(monkeypatch) -> None:
     """``PANCREAS_SCALES``: ``auto`` follows the bundle, ``1,1.25`` two passes; a bad factor is a clear error."""
     from pydantic import ValidationError

@@ -227,20 +227,21 @@ def test_fold_full_trains_on_every_case(mixed_run, tmp_path, capsys) -> None:
     assert options["source_weights"] == {"phantom": 0.5}
     out = tmp_path / "bundle_full"
     assert main(["export-bundle", "--dataset", str(MIX_ID), *common, "--folds", "full", "--tta",
-                 "--class-weights", "1,1,4", "--scales", "1,1.25", "--min-component-fraction", "0.3",
-                 "--max-piece-distance-mm", "30", "--out", str(out)]) == 0
+                 "--class-weights", "1,1,4", "--scales", "1,1.25", "--mirror-axes", "1,2",
+                 "--min-component-fraction", "0.3", "--max-piece-distance-mm", "30", "--out", str(out)]) == 0
     bundle = Bundle.load(out)
     assert [a.fold for a in bundle.metadata.artifacts] == ["all"]
     assert bundle.metadata.inference["tta"] is True  # engines mirror by default for this bundle
     assert bundle.metadata.inference["class_weights"] == [1.0, 1.0, 4.0]
     assert bundle.metadata.inference["scales"] == [1.0, 1.25]
+    assert bundle.metadata.inference["mirror_axes"] == [1, 2]
     assert bundle.metadata.inference["postprocessing"] == {"min_component_fraction": 0.3, "max_piece_distance_mm": 30.0}
     from pancreas.domain import InputDomain
     from pancreas.engine import Engine, EngineConfig
 
     engine = Engine.from_bundle(bundle, EngineConfig(backend="torch", device="cpu"))
     post = engine.post
-    assert engine.scales == (1.0, 1.25)
+    assert engine.scales == (1.0, 1.25) and engine.window.mirror_axes == (1, 2)
     assert post.min_component_fraction == 0.3 and post.max_piece_distance_mm == 30.0
     # pieces are capped at the top of the training domain's plausible pancreas volume
     domain = InputDomain.from_training_data(bundle.metadata.training_data)

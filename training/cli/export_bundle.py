@@ -8,7 +8,7 @@ import argparse
 import json
 from pathlib import Path
 
-from pancreas.engine_config import class_weight_list, scale_list
+from pancreas.engine_config import class_weight_list, mirror_axis_list, scale_list
 from pancreas.errors import PancreasError
 
 
@@ -33,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scales", type=scale_list, default=None, metavar="F0,F1",
                         help="record multi-scale test-time augmentation as the bundle's default: one pass per factor "
                              "on the target spacing, probabilities averaged (metadata.inference.scales), e.g. 1,1.25")
+    parser.add_argument("--mirror-axes", type=mirror_axis_list, default=None, metavar="A0,A1",
+                        help="record the network-input axes mirroring TTA flips as the bundle's default "
+                             "(metadata.inference.mirror_axes; default: all), e.g. 2")
     parser.add_argument("--min-component-fraction", type=float, default=None, metavar="F",
                         help="record post-processing that also keeps the pancreas of every component of at least F "
                              "times the largest one's size (metadata.inference.postprocessing; default: the "
@@ -52,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def recorded_inference(args: argparse.Namespace) -> dict[str, object]:
-    """The inference defaults ``--tta`` / ``--class-weights`` / ``--scales`` / ``--min-component-fraction`` /
+    """The inference defaults ``--tta`` / ``--class-weights`` / ``--scales`` / ``--mirror-axes`` / ``--min-component-fraction`` /
     ``--max-piece-distance-mm`` record in ``metadata.inference`` (checked as the engine will read them)."""
     from pancreas.postprocess import PostprocessConfig
 
@@ -61,6 +64,8 @@ def recorded_inference(args: argparse.Namespace) -> dict[str, object]:
         recorded["class_weights"] = list(args.class_weights)
     if args.scales is not None:
         recorded["scales"] = list(args.scales)
+    if args.mirror_axes is not None:
+        recorded["mirror_axes"] = list(args.mirror_axes)
     if args.max_piece_distance_mm is not None and args.min_component_fraction is None:
         raise PancreasError("--max-piece-distance-mm needs --min-component-fraction (it limits the kept pieces)")
     if args.min_component_fraction is not None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pancreas.engine_config import class_weight_list, scale_list
+from pancreas.engine_config import class_weight_list, mirror_axis_list, scale_list
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,14 +38,18 @@ def add_held_out_arguments(parser: argparse.ArgumentParser, *, out_help: str) ->
     parser.add_argument("--scales", type=scale_list, default=None, metavar="F0,F1",
                         help="multi-scale test-time augmentation: target-spacing factors, one pass each (default: "
                              "each bundle's metadata.inference.scales, else 1)")
+    parser.add_argument("--mirror-axes", type=mirror_axis_list, default=None, metavar="A0,A1",
+                        help="network-input axes mirroring TTA flips (default: each bundle's "
+                             "metadata.inference.mirror_axes, else all)")
 
 
 def engine_config(args: argparse.Namespace):
-    """The engine every out-of-fold command scores with: torch on CPU, plus the TTA/class-weight/scale overrides."""
+    """The engine every out-of-fold command scores with: torch on CPU, plus the TTA/class-weight/scale/mirror-axes
+    overrides."""
     from pancreas.engine_config import EngineConfig
 
     return EngineConfig(backend="torch", device="cpu", num_threads=args.threads, tta=args.tta,
-                        class_weights=args.class_weights, scales=args.scales)
+                        class_weights=args.class_weights, scales=args.scales, mirror_axes=args.mirror_axes)
 
 
 def scored_sources(args: argparse.Namespace) -> tuple[str, ...] | None:
@@ -67,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
                                                           "original grid, postprocessing as recorded; TTA "
                                                           f"{_setting(args.tta)}, class weights "
                                                           f"{_setting(args.class_weights)}, scales "
-                                                          f"{_setting(args.scales)})"})
+                                                          f"{_setting(args.scales)}, mirror axes "
+                                                          f"{_setting(args.mirror_axes)})"})
     print(report.markdown().split("\n\n| case")[0])
     print(f"written: {report.files}")
     return 0

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
 import pytest
 import torch
 
 from pancreas.engine import Engine, EngineConfig, mean_log_probabilities
-from pancreas.engine_config import scale_list
+from pancreas.engine_config import class_weight_list, scale_list
 from pancreas.errors import PancreasError
 from pancreas.prediction import tta_scales
 from pancreas.testing import with_inference
@@ -68,6 +70,12 @@ def test_scale_options_are_checked() -> None:
     for bad in ("", "0", "1,5", "a,b", "-1"):
         with pytest.raises(ValueError, match="target-spacing factors"):
             scale_list(bad)
+    with pytest.raises(argparse.ArgumentTypeError, match="'a,b': scales are"):  # argparse shows it verbatim
+        scale_list("a,b")
+    assert class_weight_list("1,1,4") == (1.0, 1.0, 4.0)
+    for bad in ("", "0", "a", "1,-1"):
+        with pytest.raises(ValueError, match="class weights are comma-separated positive"):
+            class_weight_list(bad)
     for bad in ((), (0.0,), (1.0, 4.5)):
         with pytest.raises(PancreasError, match="scales"):
             EngineConfig(scales=bad)
