@@ -20,6 +20,12 @@ lesion sizes of another set of masks::
     python -m benchmarks.case_tables sizes benchmarks/results/real-quiz-cases/x.json \\
         --labels ../shared/data/quiz-real/train --population ../shared/data/quiz-real/masks --population-subtype 2
 
+``resample`` says what a small set of ``n`` new cases like these would show: the 95 % range of its mean and how often
+it reaches a bar (cases drawn with replacement from the table's; the spread of a hidden validation set's own mean)::
+
+    python -m benchmarks.case_tables resample benchmarks/results/real-quiz-cases/x.json --cases 12 \\
+        --bar whole_dsc=0.80 --bar lesion_dsc=0.55
+
 The spec: ``{"title": ..., "data": ..., "pairs": [{"name": ..., "baseline": "x.json", "candidate": "y.json",
 "sources": ["real", "phantom"], "note": ...}], "footer": [...]}`` (table paths relative to ``--root``).
 """
@@ -295,6 +301,37 @@ def plot_sizes(table: CaseTable, path: Path, *, source: str = "real", edges: Seq
     return path
 
 
+def resample(table: CaseTable, *, n_cases: int, bars: dict[str, float], source: str = "real", draws: int = 20000,
+             seed: int = 0) -> dict[str, dict[str, float]]:
+    """Per metric in ``bars``: the mean over the table's ``source`` cases, and over ``draws`` sets of ``n_cases`` drawn
+    with replacement the 2.5 / 97.5 percentiles of the set's mean and the share of sets whose mean reaches the bar.
+
+    Raises:
+        ValueError: ``n_cases`` < 1, or a metric no case of ``source`` has.
+    """
+    if n_cases < 1 or draws < 1:
+        raise ValueError(f"need n_cases >= 1 and draws >= 1, got {n_cases} and {draws}")
+    rng = np.random.default_rng(seed)
+    out = {}
+    for key, bar in bars.items():
+        values = np.array([r[key] for r in table.cases if r["source"] == source and r.get(key) is not None], float)
+        if not len(values):
+            raise ValueError(f"no {source} case of {table.model!r} has {key!r}")
+        means = values[rng.integers(0, len(values), size=(draws, n_cases))].mean(axis=1)
+        low, high = np.percentile(means, [2.5, 97.5])
+        out[key] = {"mean": float(values.mean()), "n_table": len(values), "low": float(low), "high": float(high),
+                    "bar": bar, "reaches_bar": float((means >= bar).mean())}
+    return out
+
+
+def _bar(text: str) -> tuple[str, float]:
+    key, _, value = text.partition("=")
+    try:
+        return key.strip(), float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected METRIC=VALUE, e.g. lesion_dsc=0.55") from None
+
+
 def compare_page(spec: dict[str, Any], root: Path, out: Path) -> str:
     """The markdown page of every pair in ``spec`` (and its plot next to it)."""
     header = ("| pair | data | cases (folds) | " + " | ".join(
@@ -358,6 +395,14 @@ def main(argv: list[str] | None = None) -> int:
     z.add_argument("--write", action="store_true", help="save the filled-in volumes into the table")
     z.add_argument("--out", type=Path, help="also write the markdown here")
     z.add_argument("--plot", type=Path, help="draw lesion DSC against true lesion volume into this PNG")
+    s = sub.add_parser("resample", help="the spread of the mean of a small set of cases like a table's")
+    s.add_argument("table", type=Path)
+    s.add_argument("--cases", type=int, required=True, help="cases per drawn set (the size of the set to predict)")
+    s.add_argument("--bar", type=_bar, action="append", required=True, metavar="METRIC=VALUE",
+                   help="a metric column and the mean it should reach, e.g. lesion_dsc=0.55 (repeatable)")
+    s.add_argument("--source", default="real")
+    s.add_argument("--draws", type=int, default=20000)
+    s.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.cmd == "keep":
@@ -373,6 +418,17 @@ def main(argv: list[str] | None = None) -> int:
         path.write_text(json.dumps(metrics, indent=1) + "\n")
     elif args.cmd == "sizes":
         return _sizes(args)
+    elif args.cmd == "resample":
+        try:
+            found = resample(CaseTable.read(args.table), n_cases=args.cases, bars=dict(args.bar), source=args.source,
+                             draws=args.draws, seed=args.seed)
+        except ValueError as exc:
+            raise SystemExit(f"resample: {exc}") from exc
+        for key, r in found.items():
+            sys.stdout.write(f"{key}: mean {r['mean']:.3f} over {r['n_table']} {args.source} cases; a set of "
+                             f"{args.cases} like them: 95% of means in [{r['low']:.3f}, {r['high']:.3f}], "
+                             f"{r['reaches_bar']:.0%} reach {r['bar']:g} ({args.draws} draws)\n")
+        return 0
     else:
         path = args.out
         compare_page(json.loads(args.spec.read_text()), args.root, path)

@@ -8,7 +8,16 @@ import math
 import numpy as np
 import pytest
 
-from benchmarks.case_tables import CaseTable, compare_page, keep, main, merge, paired, recipe_cv_metrics
+from benchmarks.case_tables import (
+    CaseTable,
+    compare_page,
+    keep,
+    main,
+    merge,
+    paired,
+    recipe_cv_metrics,
+    resample,
+)
 from pancreas.testing import write_nifti
 
 
@@ -187,3 +196,19 @@ def test_sizes_refusals(tmp_path) -> None:
         main(["sizes", str(tmp_path / "t.json"), "--population", str(labels), "--population-subtype", "1"])
     with pytest.raises(SystemExit, match="does not exist"):
         main(["sizes", str(tmp_path / "t.json"), "--labels", str(tmp_path / "nowhere")])
+
+
+def test_resample_spread_of_a_small_set(capsys) -> None:
+    rows = [oof_row(f"c{i}", "0", 0.8, lesion) for i, lesion in enumerate([0.0, 1.0] * 10)]  # lesion mean 0.5
+    table = CaseTable("m", "c", rows)
+    one = resample(table, n_cases=1, bars={"lesion_dsc": 0.55, "whole_dsc": 0.80}, draws=4000)
+    assert one["lesion_dsc"]["mean"] == 0.5 and one["lesion_dsc"]["n_table"] == 20
+    assert (one["lesion_dsc"]["low"], one["lesion_dsc"]["high"]) == (0.0, 1.0)
+    assert one["lesion_dsc"]["reaches_bar"] == pytest.approx(0.5, abs=0.03)  # one case: a coin flip
+    assert one["whole_dsc"]["reaches_bar"] == 1.0 and one["whole_dsc"]["low"] == pytest.approx(0.8)
+    many = resample(table, n_cases=400, bars={"lesion_dsc": 0.55}, draws=2000)["lesion_dsc"]
+    assert many["high"] - many["low"] < 0.11 and many["reaches_bar"] < 0.05  # 400 cases pin the mean down
+    with pytest.raises(ValueError, match="n_cases >= 1"):
+        resample(table, n_cases=0, bars={"lesion_dsc": 0.5})
+    with pytest.raises(ValueError, match="no real case"):
+        resample(table, n_cases=3, bars={"nope": 0.5})
