@@ -79,11 +79,16 @@ def size_strata(rows: Sequence[Mapping[str, Any]], edges: Sequence[float] = SIZE
     return out
 
 
+def population_counts(strata: Sequence[SizeBin], population_ml: Sequence[float]) -> np.ndarray:
+    """How many of the lesions (volumes in mL; empty ones left out) of another set fall in each of the bins."""
+    edges = [b.high_ml for b in strata[:-1]]
+    return np.bincount([bin_index(v, edges) for v in population_ml if v > 0], minlength=len(strata))
+
+
 def size_adjusted(strata: Sequence[SizeBin], population_ml: Sequence[float]) -> float | None:
     """The strata's mean lesion DSC re-weighted to the bin shares of ``population_ml`` (lesion volumes of
     another set); ``None`` when the population has lesions in a bin with no scored case."""
-    edges = [b.high_ml for b in strata[:-1]]
-    counts = np.bincount([bin_index(v, edges) for v in population_ml if v > 0], minlength=len(strata))
+    counts = population_counts(strata, population_ml)
     if counts.sum() == 0 or any(c and b.lesion_dsc is None for c, b in zip(counts, strata, strict=True)):
         return None
     return float(sum(c * b.lesion_dsc for c, b in zip(counts, strata, strict=True) if c) / counts.sum())
@@ -112,8 +117,7 @@ def strata_markdown(strata: Sequence[SizeBin], population_ml: Sequence[float] | 
     """A markdown table of the bins; with ``population_ml``, that set's share per bin and the adjusted mean."""
     pop = None
     if population_ml is not None:
-        edges = [b.high_ml for b in strata[:-1]]
-        counts = np.bincount([bin_index(v, edges) for v in population_ml if v > 0], minlength=len(strata))
+        counts = population_counts(strata, population_ml)
         pop = counts / max(1, counts.sum())
     head = f"| true lesion volume | cases | median mL | lesion DSC | found (DSC >= {found_dsc:g}) |"
     lines = [head + (f" share in {population} |" if pop is not None else ""),
