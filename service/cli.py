@@ -13,9 +13,11 @@ from __future__ import annotations
 import argparse
 
 from pancreas.backends import DEVICES, PRECISIONS, backend_choices
-from pancreas.engine_config import mirror_axis_list, scale_list
+from pancreas.cli.inference_options import add_inference_options, inference_overrides
 from service.settings import Settings
 
+#: the inference defaults the service settings can override (no class weights there)
+_INFERENCE = ("tta", "scales", "mirror_axes")
 _FLAGS = {  # flag -> (Settings field, type, help; "{default}" is the Settings default)
     "--model": ("bundle", str, "model bundle folder (default: the committed demo bundle)"),
     "--host": ("host", str, "interface to bind (default {default}; 0.0.0.0 in containers)"),
@@ -42,24 +44,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices = _CHOICES[flag]() if flag in _CHOICES else None
         parser.add_argument(flag, type=kind, default=None, choices=choices,
                             help=text.format(default=fields[field].default))
-    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                        help="mirroring test-time augmentation (default: the bundle's recorded choice, "
-                             "metadata.inference.tta; off when unset)")
-    parser.add_argument("--scales", type=scale_list, default=None, metavar="F0,F1",
-                        help="multi-scale test-time augmentation: one pass per target-spacing factor, e.g. 1,1.25 "
-                             "(default: the bundle's metadata.inference.scales; 1 when unset)")
-    parser.add_argument("--mirror-axes", type=mirror_axis_list, default=None, metavar="A0,A1",
-                        help="network-input axes mirroring TTA flips, e.g. 2 (2 passes per patch instead of 8; "
-                             "default: the bundle's metadata.inference.mirror_axes; all when unset)")
-
+    add_inference_options(parser, names=_INFERENCE)
 
 def run(args: argparse.Namespace) -> int:
     from service.main import serve
 
     overrides = {field: getattr(args, flag[2:].replace("-", "_"))
                  for flag, (field, _kind, _text) in _FLAGS.items()}
-    overrides["tta"] = args.tta
-    overrides["scales"] = args.scales
-    overrides["mirror_axes"] = args.mirror_axes
+    overrides.update(inference_overrides(args, _INFERENCE))
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     return serve(settings)

@@ -11,7 +11,8 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from pancreas.backends import DEVICES, PRECISIONS, backend_choices
-    from pancreas.engine_config import EngineConfig, class_weight_list, mirror_axis_list, scale_list
+    from pancreas.cli.inference_options import add_inference_options
+    from pancreas.engine_config import EngineConfig
 
     d = EngineConfig()
     parser.add_argument("-i", "--images", required=True, help="a .nii(.gz) file, a quiz split folder or a flat folder")
@@ -25,18 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=d.batch_size,
                         help="patches per backend call (default: %(default)s)")
     parser.add_argument("--step-size", type=float, default=d.step_size, help="sliding-window step, fraction of the patch")
-    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                        help="mirroring test-time augmentation, 8x the network passes (default: the bundle's "
-                             "recorded choice, metadata.inference.tta; off when unset)")
-    parser.add_argument("--class-weights", type=class_weight_list, default=None, metavar="W0,W1,W2",
-                        help="factors on the background/pancreas/lesion probabilities before the argmax "
-                             "(default: the bundle's metadata.inference.class_weights; plain argmax when unset)")
-    parser.add_argument("--scales", type=scale_list, default=None, metavar="F0,F1",
-                        help="multi-scale test-time augmentation: one pass per factor on the target spacing, "
-                             "probabilities averaged (default: the bundle's metadata.inference.scales; 1 when unset)")
-    parser.add_argument("--mirror-axes", type=mirror_axis_list, default=None, metavar="A0,A1",
-                        help="network-input axes mirroring TTA flips, every subset of them: 0,1,2 = 8 passes per "
-                             "patch, 2 = 2 passes (default: the bundle's metadata.inference.mirror_axes; all when unset)")
+    add_inference_options(parser)
     parser.add_argument("--coarse-to-fine", action="store_true", help="low-resolution ROI pass first")
     parser.add_argument("--no-postprocess", action="store_true", help="skip largest-component/lesion cleanup")
     parser.add_argument("--compile", action="store_true", help="torch.compile the torch backend")
@@ -44,12 +34,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pancreas.cli.inference_options import inference_overrides
     from pancreas.engine import EngineConfig
     from pancreas.predict import predict_cases
 
     config = EngineConfig(backend=args.backend, device=args.device, precision=args.precision,
-                          batch_size=args.batch_size, step_size=args.step_size, tta=args.tta,
-                          class_weights=args.class_weights, scales=args.scales, mirror_axes=args.mirror_axes,
+                          batch_size=args.batch_size, step_size=args.step_size, **inference_overrides(args),
                           coarse_to_fine=args.coarse_to_fine, postprocess=not args.no_postprocess,
                           compile=args.compile, num_threads=args.threads)
     from pancreas.bundle import default_bundle_path

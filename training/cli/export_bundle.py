@@ -8,7 +8,7 @@ import argparse
 import json
 from pathlib import Path
 
-from pancreas.engine_config import class_weight_list, mirror_axis_list, scale_list
+from pancreas.cli.inference_options import OPTIONS, add_inference_options, inference_overrides
 from pancreas.errors import PancreasError
 
 
@@ -25,17 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", default=None, help="bundle name (default: DATASET-CONFIG)")
     parser.add_argument("--description", default="")
     parser.add_argument("--metrics", type=Path, default=None, help="JSON file of extra metrics to record")
-    parser.add_argument("--tta", action="store_true",
-                        help="record mirroring test-time augmentation as the bundle's default (metadata.inference.tta)")
-    parser.add_argument("--class-weights", type=class_weight_list, default=None, metavar="W0,W1,W2",
-                        help="record factors on the label probabilities before the argmax as the bundle's default "
-                             "(metadata.inference.class_weights), e.g. 1,1,4 to favour the lesion")
-    parser.add_argument("--scales", type=scale_list, default=None, metavar="F0,F1",
-                        help="record multi-scale test-time augmentation as the bundle's default: one pass per factor "
-                             "on the target spacing, probabilities averaged (metadata.inference.scales), e.g. 1,1.25")
-    parser.add_argument("--mirror-axes", type=mirror_axis_list, default=None, metavar="A0,A1",
-                        help="record the network-input axes mirroring TTA flips as the bundle's default "
-                             "(metadata.inference.mirror_axes; default: all), e.g. 2")
+    add_inference_options(parser, record=True)
     parser.add_argument("--min-component-fraction", type=float, default=None, metavar="F",
                         help="record post-processing that also keeps the pancreas of every component of at least F "
                              "times the largest one's size (metadata.inference.postprocessing; default: the "
@@ -60,12 +50,7 @@ def recorded_inference(args: argparse.Namespace) -> dict[str, object]:
     from pancreas.postprocess import PostprocessConfig
 
     recorded: dict[str, object] = {"tta": True} if args.tta else {}
-    if args.class_weights is not None:
-        recorded["class_weights"] = list(args.class_weights)
-    if args.scales is not None:
-        recorded["scales"] = list(args.scales)
-    if args.mirror_axes is not None:
-        recorded["mirror_axes"] = list(args.mirror_axes)
+    recorded.update({k: list(v) for k, v in inference_overrides(args, tuple(OPTIONS)).items() if v is not None})
     if args.max_piece_distance_mm is not None and args.min_component_fraction is None:
         raise PancreasError("--max-piece-distance-mm needs --min-component-fraction (it limits the kept pieces)")
     if args.min_component_fraction is not None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pancreas.engine_config import class_weight_list, mirror_axis_list, scale_list
+from pancreas.cli.inference_options import add_inference_options, inference_overrides
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,26 +30,14 @@ def add_held_out_arguments(parser: argparse.ArgumentParser, *, out_help: str) ->
     parser.add_argument("--scored-sources", default=None,
                         help="comma-separated sources whose subtype is scored (those that trained the classifier)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                        help="mirroring test-time augmentation (default: each bundle's metadata.inference.tta)")
-    parser.add_argument("--class-weights", type=class_weight_list, default=None, metavar="W0,W1,W2",
-                        help="factors on the label probabilities before the argmax (default: each bundle's "
-                             "metadata.inference.class_weights)")
-    parser.add_argument("--scales", type=scale_list, default=None, metavar="F0,F1",
-                        help="multi-scale test-time augmentation: target-spacing factors, one pass each (default: "
-                             "each bundle's metadata.inference.scales, else 1)")
-    parser.add_argument("--mirror-axes", type=mirror_axis_list, default=None, metavar="A0,A1",
-                        help="network-input axes mirroring TTA flips (default: each bundle's "
-                             "metadata.inference.mirror_axes, else all)")
-
+    add_inference_options(parser)
 
 def engine_config(args: argparse.Namespace):
     """The engine every out-of-fold command scores with: torch on CPU, plus the TTA/class-weight/scale/mirror-axes
     overrides."""
     from pancreas.engine_config import EngineConfig
 
-    return EngineConfig(backend="torch", device="cpu", num_threads=args.threads, tta=args.tta,
-                        class_weights=args.class_weights, scales=args.scales, mirror_axes=args.mirror_axes)
+    return EngineConfig(backend="torch", device="cpu", num_threads=args.threads, **inference_overrides(args))
 
 
 def scored_sources(args: argparse.Namespace) -> tuple[str, ...] | None:
