@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -100,28 +100,28 @@ def tta_enabled(inference: Mapping[str, Any], config: EngineConfig) -> bool:
 def tta_scales(inference: Mapping[str, Any], config: EngineConfig) -> tuple[float, ...]:
     """Multi-scale TTA: ``config.scales`` when set, else the bundle's ``metadata.inference["scales"]``
     (default ``(1.0,)``: the plans' spacing only); the first factor's pass gives the subtype."""
-    given = config.scales if config.scales is not None else inference.get("scales", (1.0,))
-    try:
-        scales = tuple(float(f) for f in given)
-    except (TypeError, ValueError):
-        scales = ()
-    if not scales_ok(scales):
-        raise PancreasError(f"scales {given!r}: need one or more target-spacing factors in (0, {MAX_SCALE:g}], "
-                            "e.g. [1, 1.25]")
-    return scales
+    return _tta_setting(inference, "scales", config.scales, (1.0,), float, scales_ok,
+                        f"need one or more target-spacing factors in (0, {MAX_SCALE:g}], e.g. [1, 1.25]")
 
 
 def tta_mirror_axes(inference: Mapping[str, Any], config: EngineConfig) -> tuple[int, ...]:
     """The axes mirroring TTA flips: ``config.mirror_axes`` when set, else the bundle's
     ``metadata.inference["mirror_axes"]`` (default all: nnU-Net's 8 passes per 3D patch)."""
-    given = config.mirror_axes if config.mirror_axes is not None else inference.get("mirror_axes", MIRROR_AXES)
+    return _tta_setting(inference, "mirror_axes", config.mirror_axes, MIRROR_AXES, lambda a: a, axes_ok,
+                        f"need one or more distinct axes of {list(MIRROR_AXES)}, e.g. [2]")
+
+
+def _tta_setting(inference: Mapping[str, Any], key: str, override: Sequence[Any] | None, default: Sequence[Any],
+                 convert: Callable[[Any], Any], ok: Callable[[tuple[Any, ...]], bool], what: str) -> tuple[Any, ...]:
+    """``override`` when set, else ``inference[key]`` (``default`` when unset), as a checked tuple."""
+    given = override if override is not None else inference.get(key, default)
     try:
-        axes = tuple(given)
-    except TypeError:
-        axes = ()
-    if not axes_ok(axes):
-        raise PancreasError(f"mirror_axes {given!r}: need one or more distinct axes of {list(MIRROR_AXES)}, e.g. [2]")
-    return axes
+        values = tuple(convert(v) for v in given)
+    except (TypeError, ValueError):
+        values = ()
+    if not ok(values):
+        raise PancreasError(f"{key} {given!r}: {what}")
+    return values
 
 
 def class_weights(inference: Mapping[str, Any], config: EngineConfig, n_classes: int) -> np.ndarray | None:
