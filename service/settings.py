@@ -15,12 +15,14 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pancreas.backends import DEVICES, PRECISIONS, backend_choices
-from pancreas.engine_config import MIRROR_AXES, EngineConfig, axes_ok, mirror_axis_list, scale_list
+from pancreas.engine_config import EngineConfig, mirror_axis_list, scale_list
 from pancreas.grid import GridLimits
 
 #: Engine defaults: every inference field below takes its default from here, and :meth:`Settings.engine_config`
 #: passes the fields both classes share straight through.
 _ENGINE = EngineConfig()
+#: the multi-valued TTA settings and the parser of their text form (the command line's)
+_TTA_PARSERS = {"scales": scale_list, "mirror_axes": mirror_axis_list}
 
 
 class Settings(BaseSettings):
@@ -91,25 +93,18 @@ class Settings(BaseSettings):
     def _auto_tta_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and value.strip().lower() in ("", "auto") else value
 
-    @field_validator("scales", mode="before")
+    @field_validator("scales", "mirror_axes", mode="before")
     @classmethod
-    def _scales_from_text(cls, value: object) -> object:
+    def _tta_from_text(cls, value: object, info: ValidationInfo) -> object:
+        """``auto`` / empty: the bundle decides; else the command-line form (``1,1.25``, ``[1, 2]``, ``2``)."""
+        parse = _TTA_PARSERS[info.field_name]
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return scale_list(str(value))
+            return parse(str(value))
+        if isinstance(value, (list, tuple)):
+            return parse(",".join(str(v) for v in value))
         if not isinstance(value, str):
             return value
-        return None if value.strip().lower() in ("", "auto") else scale_list(value.strip().strip("[]()"))
-
-    @field_validator("mirror_axes", mode="before")
-    @classmethod
-    def _mirror_axes_from_text(cls, value: object) -> object:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return mirror_axis_list(str(value))
-        if isinstance(value, (list, tuple)) and not axes_ok(tuple(value)):
-            raise ValueError(f"mirror axes {value!r}: distinct axes of {MIRROR_AXES}, e.g. [2]")
-        if not isinstance(value, str):
-            return value
-        return None if value.strip().lower() in ("", "auto") else mirror_axis_list(value.strip().strip("[]()"))
+        return None if value.strip().lower() in ("", "auto") else parse(value.strip().strip("[]()"))
 
     @field_validator("api_key")
     @classmethod
