@@ -46,6 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             help=text.format(default=fields[field].default))
     add_inference_options(parser, names=_INFERENCE)
 
+
 def run(args: argparse.Namespace) -> int:
     from service.main import serve
 

@@ -32,6 +32,7 @@ def add_held_out_arguments(parser: argparse.ArgumentParser, *, out_help: str) ->
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     add_inference_options(parser)
 
+
 def engine_config(args: argparse.Namespace):
     """The engine every out-of-fold command scores with: torch on CPU, plus the TTA/class-weight/scale/mirror-axes
     overrides."""
